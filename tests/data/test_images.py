@@ -1,0 +1,183 @@
+"""Safe image loading: transparency on white, any mode to RGB, huge images, broken files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from huse.data.images import ImageError, load_image, to_rgb_on_white
+
+
+def png_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def noise(w: int, h: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def png_header_only(w: int, h: int) -> bytes:
+    """A PNG that declares w×h but holds no pixel data: opening it reads only the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+# --- modes ----------------------------------------------------------------------------
+
+
+def test_rgba_transparent_pixels_become_white(tmp_path):
+    a = np.zeros((2, 2, 4), dtype=np.uint8)
+    a[0, 0] = (0, 0, 0, 0)  # fully transparent black → white, not black
+    a[0, 1] = (255, 0, 0, 255)  # opaque red stays red
+    a[1, 0] = (0, 0, 255, 128)  # half-transparent blue over white
+    a[1, 1] = (10, 20, 30, 255)
+    path = tmp_path / "rgba.png"
+    Image.fromarray(a, "RGBA").save(path)
+    img = load_image(path)
+    assert img.mode == "RGB"
+    out = np.asarray(img).astype(int)
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[0, 1]) == (255, 0, 0)
+    # 0·128/255 + 255·127/255 = 127 for red and green; blue stays 255.
+    np.testing.assert_allclose(out[1, 0], (127, 127, 255), atol=1)
+    assert tuple(out[1, 1]) == (10, 20, 30)
+
+
+def test_la_mode_transparency_becomes_white():
+    img = Image.fromarray(np.array([[[0, 0], [50, 255]]], dtype=np.uint8), "LA")
+    out = np.asarray(load_image(png_bytes(img)))
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[0, 1]) == (50, 50, 50)
+
+
+def test_palette_with_transparency_becomes_white():
+    img = Image.new("P", (3, 1))
+    img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (253 * 3))
+    img.putdata([0, 1, 2])
+    data = png_bytes(img, transparency=0)  # palette index 0 (black) is transparent
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    out = np.asarray(load_image(data))
+    assert [tuple(p) for p in out[0]] == [(255, 255, 255), (255, 0, 0), (0, 255, 0)]
+
+
+def test_palette_without_transparency_keeps_colours():
+    img = Image.new("P", (2, 1))
+    img.putpalette([0, 0, 0, 0, 0, 255] + [0] * (254 * 3))
+    img.putdata([0, 1])
+    out = np.asarray(load_image(png_bytes(img)))
+    assert [tuple(p) for p in out[0]] == [(0, 0, 0), (0, 0, 255)]
+
+
+def test_grayscale_to_rgb():
+    img = Image.fromarray(np.array([[0, 128, 255]], dtype=np.uint8), "L")
+    out = np.asarray(load_image(png_bytes(img)))
+    assert out.shape == (1, 3, 3)
+    assert [tuple(p) for p in out[0]] == [(0, 0, 0), (128, 128, 128), (255, 255, 255)]
+
+
+def test_cmyk_to_rgb(tmp_path):
+    img = Image.new("CMYK", (3, 1))
+    img.putdata([(0, 0, 0, 0), (0, 255, 255, 0), (0, 0, 0, 255)])
+    path = tmp_path / "cmyk.tif"
+    img.save(path)
+    out = np.asarray(load_image(path))
+    assert [tuple(p) for p in out[0]] == [(255, 255, 255), (255, 0, 0), (0, 0, 0)]
+
+
+def test_to_rgb_on_white_accepts_rgb_unchanged():
+    img = noise(5, 4)
+    np.testing.assert_array_equal(np.asarray(to_rgb_on_white(img)), np.asarray(img))
+
+
+# --- size -----------------------------------------------------------------------------
+
+
+def test_huge_png_is_downscaled_to_max_side(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (4000, 2000), (10, 200, 30)).save(path)
+    img = load_image(path, max_side=1024)
+    assert img.size == (1024, 512)
+    assert img.mode == "RGB"
+    out = np.asarray(img)
+    assert (out == (10, 200, 30)).all()
+
+
+def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (4000, 3000), (240, 240, 240)).save(path, quality=90)
+    img = load_image(path, max_side=500)
+    assert max(img.size) == 500
+    assert img.size == (500, 375)
+
+
+def test_small_images_are_not_upscaled():
+    img = load_image(png_bytes(noise(30, 20)), max_side=1024)
+    assert img.size == (30, 20)
+
+
+def test_over_max_pixels_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (2000, 1000), "white").save(path)
+    with pytest.raises(ImageError, match=r"image too large: 2000x1000 = 2,000,000 pixels > limit"):
+        load_image(path, max_pixels=1_000_000)
+
+
+def test_bomb_header_is_refused_without_decoding():
+    # The files hold only a header: a refusal here proves nothing was decoded.
+    with pytest.raises(ImageError, match="image too large: 4000x3000"):
+        load_image(png_header_only(4000, 3000), max_pixels=10_000_000)
+    # 30000×30000 = 900 M pixels: over the default limit (and PIL's own bomb check).
+    with pytest.raises(ImageError, match="image too large"):
+        load_image(png_header_only(30000, 30000))
+
+
+# --- broken files ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image(tmp_path, fmt):
+    buf = io.BytesIO()
+    noise(300, 300).save(buf, format=fmt)
+    data = buf.getvalue()
+    path = tmp_path / f"cut.{fmt.lower()}"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_image(path)
+
+
+def test_text_file_named_png_is_not_an_image(tmp_path):
+    path = tmp_path / "fake.png"
+    path.write_text("this is not a picture\n")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(path)
+
+
+def test_empty_file_is_not_an_image(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageError, match="image file not found"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_image_error_is_a_value_error():
+    assert issubclass(ImageError, ValueError)
