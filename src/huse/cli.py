@@ -214,7 +214,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_data_openclipart(args: argparse.Namespace) -> int:
     from huse.data.openclipart import build_openclipart
 
-    report = build_openclipart(Path(args.root), Path(args.out))
+    report = build_openclipart(
+        Path(args.root), Path(args.out), drop_duplicate_images=not args.keep_duplicate_images
+    )
     print(report.summary())
     return 0
 
@@ -266,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("openclipart", help="Openclipart from Debian's openclipart-png/-svg")
     q.add_argument("--out", required=True)
     q.add_argument("--root", default="/usr/share/openclipart")
+    q.add_argument(
+        "--keep-duplicate-images",
+        action="store_true",
+        help="keep byte-identical pictures filed under several classes (default: keep the deepest)",
+    )
     q.set_defaults(func=cmd_data_openclipart)
     return parser
 

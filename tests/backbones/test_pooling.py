@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from huse.backbones import get_backbone, list_backbones, register_backbone
-from huse.backbones import _registry
+from huse.backbones import _registry, get_backbone, list_backbones, register_backbone
 from huse.backbones.text import HFTextEncoder, last4_mean_pool
 
 
@@ -44,7 +43,9 @@ def test_last4_mean_pool_all_padding_row_is_zero():
     hs, _ = tiny_hidden_states()
     mask = torch.tensor([[1, 0, 0], [0, 0, 0]])
     out = last4_mean_pool(hs, mask)
-    torch.testing.assert_close(out[0], torch.tensor([10.0, -10.0, 20.0, -20.0, 30.0, -30.0, 40.0, -40.0]))
+    torch.testing.assert_close(
+        out[0], torch.tensor([10.0, -10.0, 20.0, -20.0, 30.0, -30.0, 40.0, -40.0])
+    )
     torch.testing.assert_close(out[1], torch.zeros(8))
 
 

@@ -1,14 +1,14 @@
 """Hierarchy: depth, LCA, tree distance and HP@K target sets on a small hand-drawn tree.
 
-    (root)
-    ├── a            ← a class AND an inner node
-    │   ├── a<b      ← a class AND an inner node
-    │   │   ├── a<b<c
-    │   │   └── a<b<g
-    │   └── a<d
-    └── e            ← an inner node only (not a class)
-        ├── e<f
-        └── e<h
+(root)
+├── a            ← a class AND an inner node
+│   ├── a<b      ← a class AND an inner node
+│   │   ├── a<b<c
+│   │   └── a<b<g
+│   └── a<d
+└── e            ← an inner node only (not a class)
+    ├── e<f
+    └── e<h
 """
 
 from __future__ import annotations
@@ -78,9 +78,7 @@ def test_distance(h, x, y, dist):
 
 def test_distance_matrix_equals_pairwise_distance(h):
     d = h.distance_matrix()
-    expected = np.array(
-        [[h.distance(x, y) for y in CLASSES] for x in CLASSES], dtype=np.int64
-    )
+    expected = np.array([[h.distance(x, y) for y in CLASSES] for x in CLASSES], dtype=np.int64)
     np.testing.assert_array_equal(d, expected)
     assert d.dtype.kind == "i"
     np.testing.assert_array_equal(d, d.T)

@@ -237,7 +237,9 @@ def test_parquet_nan_and_non_text_cells(folder):
 
 
 def test_missing_column_names_the_file_and_the_fix(folder):
-    path = write_csv(folder / "m.csv", [["img/a.png", "x", "k"]], header=["image", "caption", "classes"])
+    path = write_csv(
+        folder / "m.csv", [["img/a.png", "x", "k"]], header=["image", "caption", "classes"]
+    )
     with pytest.raises(ManifestError) as e:
         read_manifest(path)
     msg = str(e.value)
@@ -249,7 +251,9 @@ def test_missing_column_names_the_file_and_the_fix(folder):
 
 
 def test_several_missing_columns(folder):
-    path = write_jsonl(folder / "m.jsonl", [{"picture": "img/a.png", "caption": "x", "classes": "k"}])
+    path = write_jsonl(
+        folder / "m.jsonl", [{"picture": "img/a.png", "caption": "x", "classes": "k"}]
+    )
     with pytest.raises(ManifestError, match="--image-col NAME, --text-col NAME"):
         read_manifest(path)
 

@@ -40,7 +40,9 @@ def test_clean_for_tfidf_is_lower_case_words_only():
     assert clean_for_tfidf("Größe 42: Café-Latte, HASH(0x1f)!") == "größe café latte"
 
 
-@pytest.mark.parametrize(("text", "ok"), [("12345", False), ("!!!", False), ("a1", True), ("é", True)])
+@pytest.mark.parametrize(
+    ("text", "ok"), [("12345", False), ("!!!", False), ("a1", True), ("é", True)]
+)
 def test_has_letters(text, ok):
     assert has_letters(text) is ok
 
