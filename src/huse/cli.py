@@ -169,6 +169,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     )
     print(f"{m['data']['skipped']} rows skipped; see {out / 'skipped.csv'}")
     _print_metrics(m, out)
+    _write_report(out)
     return 0
 
 
@@ -191,6 +192,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         features=fs,
     )
     _print_metrics(m, out)
+    _write_report(out)
     return 0
 
 
@@ -208,6 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     print(metrics_markdown(m))
     print(f"written {target}")
+    _write_report(run)
     return 0
 
 
@@ -274,7 +277,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep byte-identical pictures filed under several classes (default: keep the deepest)",
     )
     q.set_defaults(func=cmd_data_openclipart)
+
+    from huse import cli_report, cli_search
+
+    cli_search.register(sub)
+    cli_report.register(sub)
     return parser
+
+
+def _write_report(run: Path) -> None:
+    """The HTML report after fit/eval; a missing optional dependency is a note, not a failure."""
+    try:
+        from huse.report import write_report
+    except ImportError as e:
+        print(f"no report ({e}); install the report extra: pip install 'huse[report]'")
+        return
+    print(f"report: {write_report(run)}")
 
 
 def _version() -> str:

@@ -36,19 +36,20 @@ def hierarchy_arrays(h: Hierarchy) -> tuple[dict[int, np.ndarray], np.ndarray]:
 def embed(net: HUSENet, fs, idx: np.ndarray, batch_size: int = 2048):
     """Image and text embeddings and (image, text, joint) logits of the items ``idx``."""
     net.eval()
+    dev = next(net.parameters()).device  # a net still on the training device
     ie, te, li, lt, lj = [], [], [], [], []
     for s in range(0, len(idx), batch_size):
         b = idx[s : s + batch_size]
-        x_i = torch.from_numpy(fs.image[b]).float()
-        x_t = torch.from_numpy(fs.text[b]).float()
-        tf = csr_to_torch(fs.tfidf[b]) if net.cfg.tfidf_dim else None
+        x_i = torch.from_numpy(fs.image[b]).float().to(dev)
+        x_t = torch.from_numpy(fs.text[b]).float().to(dev)
+        tf = csr_to_torch(fs.tfidf[b]).to(dev) if net.cfg.tfidf_dim else None
         e_i, e_t = net.embed_image(x_i), net.embed_text(x_t, tf)
         a, c, j = net.logits(e_i, e_t)
-        ie.append(e_i.numpy())
-        te.append(e_t.numpy())
+        ie.append(e_i.cpu().numpy())
+        te.append(e_t.cpu().numpy())
         for store, v in ((li, a), (lt, c), (lj, j)):
             if v is not None:
-                store.append(v.numpy())
+                store.append(v.cpu().numpy())
 
     def cat(xs):
         return np.concatenate(xs) if xs else None

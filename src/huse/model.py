@@ -192,7 +192,9 @@ class HUSEModel:
     """
 
     def __init__(self, net: HUSENet, info: ModelInfo, tfidf=None, graph=None) -> None:
-        self.net = net.eval()
+        # Inference runs on the CPU, where the backbones and the input tensors are; a net
+        # handed over from GPU training comes back here.
+        self.net = net.cpu().eval()
         self.info = info
         self.tfidf = tfidf
         self.graph = graph

@@ -134,7 +134,9 @@ def train(
     start_epoch, best_score, best_epoch, bad = 0, -np.inf, 0, 0
     best_state = copy.deepcopy(net.state_dict())
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        # On the CPU: the RNG states must stay CPU byte tensors; weights and optimizer
+        # state are copied onto the device by load_state_dict.
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
         net.load_state_dict(state["net"])
         loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["opt"])
@@ -142,6 +144,8 @@ def train(
         best_epoch, bad, history = state["best_epoch"], state["bad"], state["history"]
         best_state = state["best_state"]
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     labels_all = torch.from_numpy(np.array(fs.labels))
     writer = None
     if out is not None and rank == 0:
@@ -239,6 +243,8 @@ def train(
                 "history": history,
                 "best_state": best_state,
                 "rng": torch.get_rng_state(),
+                # Dropout on a GPU draws from the device's generator, not the CPU one.
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "config": asdict(cfg),
             }
             with atomic_path(ckpt) as tmp:
@@ -270,12 +276,13 @@ def train(
 def _graph_active(net, fs, tr, graph_loss, batch_size) -> float | None:
     """Share of pairs under the margin (σ = 1) over train batches of the final model."""
     fracs = []
+    dev = next(net.parameters()).device
     for s in range(0, min(len(tr), 20 * batch_size), batch_size):
         b = tr[s : s + batch_size]
-        tf = csr_to_torch(fs.tfidf[b]) if net.cfg.tfidf_dim else None
-        ie = net.embed_image(torch.from_numpy(fs.image[b]).float())
-        te = net.embed_text(torch.from_numpy(fs.text[b]).float(), tf)
-        graph_loss(ie, te, torch.from_numpy(fs.labels[b]))
+        tf = csr_to_torch(fs.tfidf[b]).to(dev) if net.cfg.tfidf_dim else None
+        ie = net.embed_image(torch.from_numpy(fs.image[b]).float().to(dev))
+        te = net.embed_text(torch.from_numpy(fs.text[b]).float().to(dev), tf)
+        graph_loss(ie, te, torch.from_numpy(fs.labels[b]).to(dev))
         if graph_loss.active_fraction is not None:
             fracs.append(graph_loss.active_fraction)
     return float(np.mean(fracs)) if fracs else None

@@ -1,0 +1,192 @@
+"""The training loop on a small synthetic feature set: every method, partial batches,
+determinism, early stopping, resume and the per-epoch log."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from huse.methods import resolve_config
+from huse.train import train
+
+K = 10  # classes of the synthetic feature set
+METHODS = ["huse", "shared", "separate", "contrastive", "huse-p", "notebook"]
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def fs(make_feature_set):
+    return make_feature_set()  # 10 classes × 12 items: 80 train, 20 val, 20 test
+
+
+@pytest.fixture(scope="module")
+def graph(fs):
+    # Siblings (same group) at 0.3, strangers at 0.8.
+    groups = np.array([c.split("<")[0] for c in fs.hierarchy.classes])
+    g = np.where(groups[:, None] == groups[None, :], 0.3, 0.8).astype(np.float32)
+    np.fill_diagonal(g, 0.0)
+    return g
+
+
+@pytest.fixture(scope="module")
+def class_emb():
+    return np.random.default_rng(1).normal(size=(K, 16)).astype(np.float32)
+
+
+def cfg(method="huse", **kw):
+    base = dict(epochs=6, batch_size=24, embed_dim=32, patience=100, min_epochs=1)
+    return resolve_config(method, **(base | kw))
+
+
+def state(net) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_every_registered_method_is_tested():
+    from huse.methods import list_methods
+
+    assert sorted(list_methods()) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_its_loss_decreases(fs, graph, class_emb, method):
+    # 80 train items in batches of 24: the last batch holds 8.
+    r = train(fs, cfg(method), graph, class_emb, progress=False)
+    assert r.epochs_run == len(r.history) == 6
+    totals = [row["train_total"] for row in r.history]
+    assert all(np.isfinite(totals))
+    assert totals[-1] < totals[0] - 0.3, totals
+    assert [row["epoch"] for row in r.history] == list(range(1, 7))
+    assert 1 <= r.best_epoch <= 6
+    assert not r.net.training
+    # On this easy problem every method learns something: validation R@1 beats chance.
+    assert max(row["val_score"] for row in r.history) > 2 / K
+    if method == "huse":
+        assert 0 < r.graph_active <= 1
+        assert all(0 <= row["train_graph_active"] <= 1 for row in r.history)
+    else:
+        assert r.graph_active is None
+
+
+@pytest.mark.parametrize("method", ["huse", "contrastive", "notebook"])
+@pytest.mark.parametrize("batch_size", [79, 1000])
+def test_partial_and_single_item_final_batches(fs, graph, class_emb, method, batch_size):
+    # 79: a final batch of ONE item (where the notebook crashed); 1000: one partial batch.
+    r = train(fs, cfg(method, epochs=2, batch_size=batch_size), graph, class_emb, progress=False)
+    assert r.epochs_run == 2
+    assert all(np.isfinite(row["train_total"]) for row in r.history)
+
+
+def test_training_is_deterministic(fs, graph, class_emb):
+    a = train(fs, cfg("huse", epochs=3), graph, class_emb, progress=False)
+    b = train(fs, cfg("huse", epochs=3), graph, class_emb, progress=False)
+    assert_same_weights(state(a.net), state(b.net))
+    assert without_seconds(a.history) == without_seconds(b.history)
+    c = train(fs, cfg("huse", epochs=3, seed=1), graph, class_emb, progress=False)
+    assert not torch.equal(state(a.net)["classifier.weight"], state(c.net)["classifier.weight"])
+
+
+def test_early_stopping_stops_before_the_cap(make_feature_set, graph, class_emb):
+    easy = make_feature_set(spread=6.0, noise=0.3)
+    r = train(easy, cfg("shared", epochs=60, patience=2), graph, class_emb, progress=False)
+    assert r.stopped == "early_stopping"
+    assert r.epochs_run < 60
+    # It stops exactly `patience` epochs after the best one, and keeps the best weights.
+    assert r.epochs_run == r.best_epoch + 2
+    scores = [row["val_score"] for row in r.history]
+    assert scores[r.best_epoch - 1] == max(scores)
+    from huse.evaluate import evaluate_net, summary_scores
+
+    again = summary_scores(evaluate_net(r.net, easy, "val"))["mean_R@1"]
+    assert again == pytest.approx(scores[r.best_epoch - 1])
+
+
+def test_min_epochs_holds_off_early_stopping(make_feature_set, graph, class_emb):
+    easy = make_feature_set(spread=6.0, noise=0.3)
+    r = train(easy, cfg("shared", epochs=60, patience=1, min_epochs=9), graph, class_emb,
+              progress=False)  # fmt: skip
+    assert r.epochs_run >= 9
+
+
+@pytest.mark.parametrize("method", ["huse", "contrastive"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, fs, graph, class_emb, method):
+    # contrastive also checks the loss's own parameter (InfoNCE's learnable temperature).
+    first = train(fs, cfg(method, epochs=3), graph, class_emb, out=tmp_path / "a", progress=False)
+    assert first.epochs_run == 3
+    assert (tmp_path / "a" / "checkpoints" / "last.pt").exists()
+    resumed = train(
+        fs, cfg(method, epochs=6), graph, class_emb, out=tmp_path / "a", resume=True,
+        progress=False,
+    )  # fmt: skip
+    whole = train(fs, cfg(method, epochs=6), graph, class_emb, out=tmp_path / "b", progress=False)
+    assert resumed.epochs_run == whole.epochs_run == 6
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    assert_same_weights(state(resumed.net), state(whole.net))  # the best weights
+    last_a = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=False)
+    last_b = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)
+    assert last_a["epoch"] == last_b["epoch"] == 6
+    assert_same_weights(last_a["net"], last_b["net"])  # the last weights
+    assert_same_weights(last_a["loss"], last_b["loss"])
+
+
+def test_resume_without_a_checkpoint_starts_fresh(tmp_path, fs, graph, class_emb):
+    a = train(fs, cfg(epochs=2), graph, class_emb, out=tmp_path, resume=True, progress=False)
+    b = train(fs, cfg(epochs=2), graph, class_emb, progress=False)
+    assert_same_weights(state(a.net), state(b.net))
+
+
+def test_train_log_has_one_row_per_epoch_with_the_loss_terms(tmp_path, fs, graph, class_emb):
+    r = train(fs, cfg("huse", epochs=4), graph, class_emb, out=tmp_path, progress=False)
+    with open(tmp_path / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    for col in ("train_cls", "train_graph", "train_gap", "train_total", "val_score", "seconds"):
+        assert col in rows[0], col
+    for row, h in zip(rows, r.history):
+        total = 1.0 * float(row["train_cls"]) + float(row["train_graph"]) + float(row["train_gap"])
+        assert float(row["train_total"]) == pytest.approx(total, rel=1e-5)
+        assert float(row["train_total"]) == pytest.approx(h["train_total"])
+
+
+def test_empty_train_split_is_an_error(make_feature_set, graph):
+    fs = make_feature_set(per_class=4, split=(0, 2, 2))
+    with pytest.raises(ValueError, match="train split is empty"):
+        train(fs, cfg(), graph, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_training_validates_resumes_and_hands_back_a_cpu_model(tmp_path, fs, graph, class_emb):
+    from huse.model import HUSEModel, ModelInfo
+
+    gpu = dict(device="cuda")
+    train(fs, cfg("huse", epochs=2, **gpu), graph, class_emb, out=tmp_path / "a", progress=False)
+    resumed = train(
+        fs, cfg("huse", epochs=4, **gpu), graph, class_emb, out=tmp_path / "a", resume=True,
+        progress=False,
+    )  # fmt: skip
+    whole = train(fs, cfg("huse", epochs=4, **gpu), graph, class_emb, out=tmp_path / "b",
+                  progress=False)  # fmt: skip
+    assert resumed.epochs_run == whole.epochs_run == 4
+    for a, b in zip(resumed.history, whole.history):
+        assert a["train_total"] == pytest.approx(b["train_total"], rel=1e-4)
+        assert a["val_score"] == pytest.approx(b["val_score"], abs=0.05)
+    model = HUSEModel(whole.net, ModelInfo(model=whole.net.cfg, classes=fs.hierarchy.classes))
+    emb = model.embed_image_features(fs.image[:3])
+    assert emb.shape == (3, 32)
