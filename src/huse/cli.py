@@ -167,6 +167,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.quiet,
     )
+    if not m:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     print(f"{m['data']['skipped']} rows skipped; see {out / 'skipped.csv'}")
     _print_metrics(m, out)
     _write_report(out)
@@ -292,7 +294,12 @@ def _write_report(run: Path) -> None:
     except ImportError as e:
         print(f"no report ({e}); install the report extra: pip install 'huse[report]'")
         return
-    print(f"report: {write_report(run)}")
+    from huse.report.analysis import ReportError
+
+    try:
+        print(f"report: {write_report(run)}")
+    except ReportError as e:
+        print(f"no report: {e}")
 
 
 def _version() -> str:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from huse._dist import barrier as _dist_barrier
+from huse._dist import setup as _dist_setup
 from huse._io import atomic_path
 from huse.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
@@ -115,14 +117,11 @@ class FeatureStore:
 
 
 def _dist() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return _dist_setup()
 
 
 def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    _dist_barrier()
 
 
 class _ImageDataset(torch.utils.data.Dataset):

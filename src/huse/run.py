@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from huse._dist import is_main, teardown
 from huse._io import atomic_path, atomic_write_text
 from huse.card import model_card
 from huse.dataset import DataConfig, FeatureSet, build_feature_set, write_skipped
@@ -105,6 +106,11 @@ def fit(
         if features is not None
         else build_feature_set(manifest, data_config, progress=progress)
     )
+    if not is_main():  # under torchrun: the other ranks extract and train, rank 0 writes
+        graph, class_emb = graph_for(fs, cfg)
+        train(fs, cfg, graph, class_emb, out=out, resume=resume, progress=False)
+        teardown()
+        return {}
     atomic_write_text(
         out / "run.json",
         json.dumps({"manifest": str(Path(manifest).resolve()), "command": "fit"}, indent=2),
@@ -119,6 +125,7 @@ def fit(
     with atomic_path(graph_file) as tmp, open(tmp, "wb") as f:
         np.save(f, graph)
     result = train(fs, cfg, graph, class_emb, out=out, resume=resume, progress=progress)
+    teardown()
     metrics = _metrics(fs, cfg, result, graph)
     save_run(out, fs, cfg, result, graph, metrics)
     return metrics

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from huse._dist import broadcast_flag
+from huse._dist import setup as _dist_setup
 from huse._io import atomic_path, atomic_write_text
 from huse.evaluate import evaluate_net, summary_scores
 from huse.methods import TrainConfig, get_method
@@ -65,15 +66,6 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adamw or rmsprop")
-
-
-def _dist_setup() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
@@ -176,9 +168,10 @@ def train(
         sums: dict[str, float] = {}
         n_batches = 0
         for s in range(0, len(perm), cfg.batch_size):
-            b = perm[s : s + cfg.batch_size][rank::world]
-            if len(b) == 0:
+            full = perm[s : s + cfg.batch_size]
+            if len(full) < world:  # every rank must step together, or DDP waits forever
                 continue
+            b = full[rank::world]
             x_i = torch.from_numpy(fs.image[b]).float().to(device)
             x_t = torch.from_numpy(fs.text[b]).float().to(device)
             tf = csr_to_torch(fs.tfidf[b]).to(device) if net.cfg.tfidf_dim else None
@@ -249,7 +242,7 @@ def train(
             }
             with atomic_path(ckpt) as tmp:
                 torch.save(state, tmp)
-        if bad >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+        if broadcast_flag(bad >= cfg.patience and epoch + 1 >= cfg.min_epochs):
             stopped = "early_stopping"
             break
     bar.close()
