@@ -50,6 +50,24 @@ VARIANTS: dict[str, dict] = {
     "label smoothing 0.1": {"label_smoothing": 0.1},
     "epochs=20 cap": {"epochs": 20, "patience": 1000},
     "paper preset": {"preset": "paper"},
+    "cosine cls s=16": {"cosine_classifier": True},
+    "cosine cls s=32": {"cosine_classifier": True, "logit_scale": 32.0},
+    "cosine cls s=16 + hier τ=0.1": {"cosine_classifier": True, "hier_smoothing": 0.1},
+    "cosine cls s=16 + γ=3": {"cosine_classifier": True, "gamma": 3.0},
+    "cosine cls s=16, β=0": {"cosine_classifier": True, "beta": 0.0},
+    "cosine cls s=16, ζ=1.0": {"cosine_classifier": True, "margin": 1.0},
+    "cosine cls s=16, graph=mix": {"cosine_classifier": True, "graph_source": "mix"},
+    "xmodal δ=1": {"delta": 1.0},
+    "xmodal δ=1 + hier τ=0.1": {"delta": 1.0, "hier_smoothing": 0.1},
+    "xmodal δ=1 + hier τ=0.05": {"delta": 1.0, "hier_smoothing": 0.05},
+    "hier τ=0.05": {"hier_smoothing": 0.05},
+    "xmodal δ=0.3": {"delta": 0.3},
+    "xmodal δ=1 + cosine s=32 + hier τ=0.05": {
+        "delta": 1.0,
+        "cosine_classifier": True,
+        "logit_scale": 32.0,
+        "hier_smoothing": 0.05,
+    },
 }
 
 
@@ -60,7 +78,12 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--out", default="benchmarks/out/ablation.json")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     fs = build_feature_set(args.manifest, DataConfig(), progress=True)
     val = fs.split_indices("val")
     print(f"{len(fs)} items, {len(fs.hierarchy)} classes; validation items: {len(val)}")

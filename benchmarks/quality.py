@@ -120,7 +120,12 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", default="benchmarks/out/quality.json")
     ap.add_argument("--results", default=None, help="RESULTS.md whose generated block to rewrite")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     out = {}
     for name, manifest in (("stripped", args.stripped), ("raw", args.raw)):
         out[name] = run_dataset(

@@ -368,3 +368,56 @@ def test_gradients_flow_through_everything(batch):
         loss.backward()
     for x in (img, txt, img_logits, txt_logits):
         assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# ---------------------------------------------------------------------------
+# CrossModalClassLoss (class-level cross-modal contrastive; beyond the paper)
+# ---------------------------------------------------------------------------
+
+
+def test_cross_modal_class_loss_by_hand():
+    from huse.losses import CrossModalClassLoss
+
+    # Two items of different classes, image = text, τ = 1: each row has logits (1, 0)
+    # with one positive, so each side is −log(e / (e + 1)) = 0.313262.
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = CrossModalClassLoss(temperature=1.0)(img, img.clone(), torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), abs=1e-6)
+
+    # Same class for both: every text is a positive, the ratio is 1, the loss is 0.
+    loss = CrossModalClassLoss(temperature=1.0)(img, img.clone(), torch.tensor([3, 3]))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cross_modal_class_loss_matches_brute_force():
+    from huse.losses import CrossModalClassLoss
+
+    g = torch.Generator().manual_seed(3)
+    img = F.normalize(torch.randn(6, 5, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(6, 5, generator=g), dim=-1)
+    y = torch.tensor([0, 1, 0, 2, 1, 0])
+    tau = 0.2
+    got = CrossModalClassLoss(tau)(img, txt, y).item()
+
+    def side(a, b):
+        total = 0.0
+        for i in range(6):
+            num = sum(math.exp(float(a[i] @ b[j]) / tau) for j in range(6) if y[j] == y[i])
+            den = sum(math.exp(float(a[i] @ b[j]) / tau) for j in range(6))
+            total += -math.log(num / den)
+        return total / 6
+
+    assert got == pytest.approx((side(img, txt) + side(txt, img)) / 2, abs=1e-5)
+
+
+def test_huse_loss_logs_xmodal_term_when_delta_set():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    logits = torch.zeros(2, 2)
+    y = torch.tensor([0, 1])
+    base = HUSELoss(1.0, 0.0, 0.0)
+    plus = HUSELoss(1.0, 0.0, 0.0, delta=2.0, xmodal_temperature=1.0)
+    t0, terms0 = base(img, img, logits, logits, y)
+    t1, terms1 = plus(img, img, logits, logits, y)
+    assert "xmodal" not in terms0
+    assert terms1["xmodal"] == pytest.approx(0.313262, abs=1e-5)
+    assert t1.item() == pytest.approx(t0.item() + 2.0 * 0.313262, abs=1e-5)

@@ -409,3 +409,28 @@ def test_classify_returns_classes_with_probabilities(real_model_dir):
     for r, row in enumerate(fused):
         for name, prob in row:
             assert prob == pytest.approx(float(p[r, CLASSES.index(name)]), abs=1e-5)
+
+
+def test_cosine_classifier_logits_are_scaled_cosines():
+    from huse.model import HUSENet, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        image_dim=6,
+        text_dim=5,
+        num_classes=4,
+        embed_dim=8,
+        hidden=8,
+        classifier="shared",
+        logit_scale=10.0,
+        cosine_classifier=True,
+    )
+    net = HUSENet(cfg)
+    assert net.classifier.bias is None
+    u = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    li, lt, _ = net.logits(u, u)
+    w = net.classifier.weight
+    expected = 10.0 * (u @ (w / w.norm(dim=1, keepdim=True)).T)
+    assert torch.allclose(li, expected, atol=1e-6)
+    assert torch.allclose(lt, expected, atol=1e-6)
+    assert li.abs().max() <= 10.0 + 1e-5

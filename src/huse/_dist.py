@@ -10,7 +10,6 @@ import os
 
 import torch
 
-
 _finished = False
 
 

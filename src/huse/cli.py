@@ -101,9 +101,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, help="gap loss weight")
     g.add_argument("--margin", type=float, help="graph loss margin ζ")
     g.add_argument("--graph-source", choices=["names", "tree", "mix"])
+    g.add_argument("--delta", type=float, help="class-level cross-modal contrastive weight")
     g.add_argument("--hier-smoothing", type=float)
     g.add_argument("--logit-scale", type=float)
     g.add_argument("--fusion-weight", type=float)
+    g.add_argument(
+        "--cosine-classifier",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="normalised classifier rows (class prototypes)",
+    )
     g.add_argument("--embed-dim", type=int)
     g.add_argument("--patience", type=int)
     g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
@@ -125,9 +132,11 @@ def _train_config(args: argparse.Namespace):
         gamma=args.gamma,
         margin=args.margin,
         graph_source=args.graph_source,
+        delta=args.delta,
         hier_smoothing=args.hier_smoothing,
         logit_scale=args.logit_scale,
         fusion_weight=args.fusion_weight,
+        cosine_classifier=args.cosine_classifier,
         embed_dim=args.embed_dim,
         patience=args.patience,
         seed=args.seed,

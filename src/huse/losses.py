@@ -307,6 +307,41 @@ class InfoNCELoss(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+class CrossModalClassLoss(nn.Module):
+    """Class-level cross-modal contrastive loss (an addition beyond the paper).
+
+    The paper's gap loss pulls an image to its OWN text. Class-level retrieval across
+    modalities (i2t, t2i) asks more: an image should be nearer every text of its class
+    than texts of other classes. With ``l_ij = cos(image_i, text_j) / τ`` and
+    ``P(i) = {j : y_j = y_i}`` (which always holds ``i``),
+
+        L = ½ · mean_i −log(Σ_{j∈P(i)} e^{l_ij} / Σ_j e^{l_ij})  +  the same from the texts.
+
+    Args:
+        temperature: τ (> 0).
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"CrossModalClassLoss: temperature must be > 0; got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor) -> Tensor:
+        _check_pair(image_emb, text_emb, "CrossModalClassLoss")
+        _check_labels(labels, image_emb.shape[0], "CrossModalClassLoss")
+        logits = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+        logits = logits / self.temperature
+        pos = labels[:, None] == labels[None, :]
+        neg_inf = torch.finfo(logits.dtype).min
+
+        def side(lg: Tensor) -> Tensor:
+            num = torch.logsumexp(lg.masked_fill(~pos, neg_inf), dim=1)
+            return (torch.logsumexp(lg, dim=1) - num).mean()
+
+        return (side(logits) + side(logits.T)) / 2
+
+
 class NotebookGraphLoss(nn.Module):
     """The original notebook's graph loss, defects kept (SPEC §6.3); a reference only.
 
@@ -383,6 +418,9 @@ class HUSELoss(nn.Module):
             or :class:`NotebookGraphLoss`.
         gap_loss: a module ``(image_emb, text_emb) -> loss`` used as the γ-term instead
             of :class:`GapLoss`, e.g. :class:`NotebookGapLoss` or :class:`InfoNCELoss`.
+        delta: weight of :class:`CrossModalClassLoss` (0 = off, the paper); its term is
+            logged as ``"xmodal"``.
+        xmodal_temperature: τ of that loss.
     """
 
     def __init__(
@@ -397,6 +435,8 @@ class HUSELoss(nn.Module):
         soft_targets: Tensor | None = None,
         graph_loss: nn.Module | None = None,
         gap_loss: nn.Module | None = None,
+        delta: float = 0.0,
+        xmodal_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -415,6 +455,10 @@ class HUSELoss(nn.Module):
             )
         self.graph_loss = graph_loss
         self.gap_loss = gap_loss if gap_loss is not None else GapLoss()
+        if delta < 0:
+            raise ValueError(f"HUSELoss: delta must be >= 0; got {delta}")
+        self.delta = float(delta)
+        self.xmodal_loss = CrossModalClassLoss(xmodal_temperature) if delta > 0 else None
 
     def forward(
         self,
@@ -433,10 +477,12 @@ class HUSELoss(nn.Module):
         )
         gap = self.gap_loss(image_emb, text_emb) if self.gamma > 0 else zero
         total = self.alpha * cls + self.beta * graph + self.gamma * gap
-        terms = {
-            name: float(value.detach())
-            for name, value in (("cls", cls), ("graph", graph), ("gap", gap), ("total", total))
-        }
+        named = [("cls", cls), ("graph", graph), ("gap", gap)]
+        if self.xmodal_loss is not None:
+            xmodal = self.xmodal_loss(image_emb, text_emb, labels)
+            total = total + self.delta * xmodal
+            named.append(("xmodal", xmodal))
+        terms = {name: float(value.detach()) for name, value in (*named, ("total", total))}
         if isinstance(self.graph_loss, SemanticGraphLoss) and self.beta > 0:
             terms["graph_active"] = self.graph_loss.active_fraction
         return total, terms

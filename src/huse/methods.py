@@ -41,12 +41,15 @@ class TrainConfig:
         beta: weight of the semantic graph loss (or the HUSE-P projection loss).
         gamma: weight of the cross-modal gap loss.
         margin: ζ, the graph loss margin on cosine distance.
+        delta: weight of the class-level cross-modal contrastive loss (beyond the paper).
+        xmodal_temperature: its temperature.
         graph_source: ``names`` (paper), ``tree`` or ``mix``.
         hier_smoothing: 0 = one-hot targets; >0 = soft targets softmax(−A/τ) with this τ.
         label_smoothing: uniform label smoothing.
         embed_dim: D.
         dropout: tower dropout.
         logit_scale: multiplies the classifier logits.
+        cosine_classifier: classifier rows normalised (class prototypes on the sphere).
         fusion_weight: weight of the image softmax in the fused prediction.
         patience: epochs without a better validation score before stopping.
         min_epochs: never stop before this many epochs.
@@ -66,6 +69,8 @@ class TrainConfig:
     beta: float = 1.0
     gamma: float = 1.0
     margin: float = 0.5
+    delta: float = 0.0
+    xmodal_temperature: float = 0.1
     graph_source: str = "names"
     hier_smoothing: float = 0.0
     label_smoothing: float = 0.0
@@ -75,6 +80,7 @@ class TrainConfig:
     # sharpen early (1.0 barely trains in 30 epochs on the demo set; see RESULTS.md).
     logit_scale: float = 16.0
     fusion_weight: float = 0.5
+    cosine_classifier: bool = False
     patience: int = 15
     min_epochs: int = 5
     seed: int = 0
@@ -103,8 +109,10 @@ PRESETS: dict[str, dict] = {
         "epochs": 2000,
         "patience": 50,
         "logit_scale": 1.0,
+        "cosine_classifier": False,
         "hier_smoothing": 0.0,
         "graph_source": "names",
+        "delta": 0.0,
     },
 }
 
@@ -171,6 +179,8 @@ def _huse(cfg, graph, class_emb):
         cfg.margin,
         label_smoothing=cfg.label_smoothing,
         soft_targets=_soft(cfg, graph),
+        delta=cfg.delta,
+        xmodal_temperature=cfg.xmodal_temperature,
     )
 
 

@@ -41,6 +41,9 @@ class ModelConfig:
             [image, text]) or ``none``.
         logit_scale: multiplies the classifier's logits (a temperature; 1 = paper).
         fusion_weight: weight of the image softmax in the fused prediction.
+        cosine_classifier: normalise the classifier's weight rows (no bias), so the
+            logits are ``logit_scale · cos(u, w_k)``: each class becomes a prototype on
+            the sphere that the image and the text embeddings of its items are pulled to.
     """
 
     image_dim: int = 1280
@@ -55,6 +58,7 @@ class ModelConfig:
     classifier: str = "shared"
     logit_scale: float = 1.0
     fusion_weight: float = 0.5
+    cosine_classifier: bool = False
 
 
 def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -113,12 +117,13 @@ class HUSENet(nn.Module):
         self.text_tower = TextTower(cfg)
         k, d = cfg.num_classes, cfg.embed_dim
         self.classifier = self.text_classifier = None
+        bias = not cfg.cosine_classifier
         if cfg.classifier in ("shared", "separate"):
-            self.classifier = nn.Linear(d, k)
+            self.classifier = nn.Linear(d, k, bias=bias)
             if cfg.classifier == "separate":
-                self.text_classifier = nn.Linear(d, k)
+                self.text_classifier = nn.Linear(d, k, bias=bias)
         elif cfg.classifier == "concat":
-            self.classifier = nn.Linear(2 * d, k)
+            self.classifier = nn.Linear(2 * d, k, bias=bias)
         elif cfg.classifier != "none":
             raise ValueError(f"unknown classifier {cfg.classifier!r}; use one of {CLASSIFIERS}")
 
@@ -144,11 +149,16 @@ class HUSENet(nn.Module):
         if c == "concat":
             if image_emb is None or text_emb is None:
                 return None, None, None
-            return None, None, s * self.classifier(torch.cat([image_emb, text_emb], -1))
+            return None, None, s * self._head(self.classifier, torch.cat([image_emb, text_emb], -1))
         text_head = self.text_classifier if c == "separate" else self.classifier
-        li = s * self.classifier(image_emb) if image_emb is not None else None
-        lt = s * text_head(text_emb) if text_emb is not None else None
+        li = s * self._head(self.classifier, image_emb) if image_emb is not None else None
+        lt = s * self._head(text_head, text_emb) if text_emb is not None else None
         return li, lt, None
+
+    def _head(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.cosine_classifier:
+            return F.linear(x, F.normalize(layer.weight, dim=-1))
+        return layer(x)
 
     def fuse(self, image_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
         """Fused class probabilities: weighted average of the two softmaxes (§4.5)."""

@@ -54,6 +54,7 @@ def model_config(fs, cfg: TrainConfig) -> ModelConfig:
         dropout=cfg.dropout,
         classifier=get_method(cfg.method).classifier,
         logit_scale=cfg.logit_scale,
+        cosine_classifier=cfg.cosine_classifier,
         fusion_weight=cfg.fusion_weight,
     )
 

@@ -1,0 +1,191 @@
+"""``huse index``, ``huse search`` and ``huse serve``: the catalogue commands.
+
+``register(sub)`` adds them to the main parser's subcommands. Heavy imports (FAISS,
+FastAPI, uvicorn, the model) happen inside the commands, so ``huse --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from huse.data.manifest import ManifestError
+    from huse.index import CatalogueIndexError, IndexConfig, index_run
+
+    config = IndexConfig(
+        factory=args.factory,
+        train_size=args.train_size,
+        search_params=args.search_params,
+        seed=args.seed,
+    )
+    t0 = time.perf_counter()
+    try:
+        index, out = index_run(
+            args.run, args.manifest, config, out=args.out, progress=not args.quiet
+        )
+    except (CatalogueIndexError, ManifestError, FileNotFoundError) as e:
+        return _fail(str(e))
+    info = index.info
+    params = f", search {info['search_params']}" if info["search_params"] else ""
+    print(
+        f"indexed {len(index)} items ({len(index)} image + {len(index)} text vectors, "
+        f"{info['dim']} dims, {info['factory']}{params}) in {time.perf_counter() - t0:.1f}s"
+    )
+    if info.get("skipped"):
+        print(f"{info['skipped']} manifest rows skipped (unreadable image or invalid row)")
+    print(f"index written to {out}")
+    return 0
+
+
+def _table(hits, width: int) -> str:
+    rows = [(str(h.rank), f"{h.score:.3f}", h.modality, h.classes, h.id) for h in hits]
+    head = ("#", "score", "match", "class", "id")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    widths[3] = min(widths[3], 32)
+    widths[4] = min(widths[4], 40)
+    used = sum(widths) + 2 * len(widths)
+    text_w = max(20, width - used)
+
+    def line(cells, text):
+        cut = [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(cells, widths)]
+        return "  ".join(c.ljust(w) for c, w in zip(cut, widths)) + "  " + text
+
+    out = [line(head, "text")]
+    for r, h in zip(rows, hits):
+        out.append(line(r, textwrap.shorten(h.text, text_w, placeholder="…")))
+    return "\n".join(out)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from huse.data.images import ImageError
+    from huse.index import CatalogueIndexError
+    from huse.search import MAX_K, Searcher
+
+    if not 1 <= args.k <= MAX_K:
+        return _fail(f"-k must be between 1 and {MAX_K}")
+    if args.image is not None and not Path(args.image).is_file():
+        return _fail(f"{args.image}: no such image file")
+    if args.text is not None and not args.text.strip():
+        return _fail("--text is empty")
+    # A backbone package prints to stdout while loading; keep stdout for the results.
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            searcher = Searcher.from_run(args.run, args.index, args.search_params)
+            if args.text is not None:
+                hits = searcher.search_text(args.text, args.k, args.modality)
+            else:
+                hits = searcher.search_image(args.image, args.k, args.modality)
+    except (CatalogueIndexError, FileNotFoundError) as e:
+        return _fail(str(e))
+    except ImageError as e:
+        return _fail(f"{args.image}: {e}")
+    if args.json:
+        query = {"text": args.text} if args.text is not None else {"image": str(args.image)}
+        out = {"query": query | {"k": args.k, "modality": args.modality}}
+        out["results"] = [h.to_dict() for h in hits]
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(_table(hits, shutil.get_terminal_size((120, 20)).columns))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from huse.index import CatalogueIndexError
+    from huse.serve import Limits, is_loopback, serve
+
+    if not is_loopback(args.host):
+        print(
+            f"warning: listening on {args.host}, reachable from other machines; the page has "
+            "no authentication",
+            file=sys.stderr,
+        )
+    limits = Limits(
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_text_chars=args.max_text,
+    )
+    try:
+        serve(
+            args.run,
+            host=args.host,
+            port=args.port,
+            index=args.index,
+            limits=limits,
+            log_level="warning" if args.quiet else "info",
+        )
+    except (CatalogueIndexError, FileNotFoundError) as e:
+        return _fail(str(e))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``index``, ``search`` and ``serve`` subcommands to ``huse``'s parser."""
+    from huse.index import SEARCH_MODALITIES, list_index_types
+
+    p = sub.add_parser(
+        "index",
+        help="embed a catalogue with a trained model and build its FAISS index",
+        description="Embed every item's image and text with RUN's model and write RUN/index: "
+        "one FAISS index per modality plus items.parquet, written atomically.",
+    )
+    p.add_argument("run", help="run folder from `huse fit`")
+    p.add_argument("--manifest", default=None, help="catalogue manifest (default: the run's)")
+    p.add_argument(
+        "--factory",
+        default="flat",
+        help=f"index type: {', '.join(list_index_types())} or a FAISS factory string such as "
+        "HNSW32 or IVF1024,PQ32 (default flat: exact)",
+    )
+    p.add_argument("--out", default=None, help="index folder (default RUN/index)")
+    p.add_argument(
+        "--train-size", type=int, default=100_000, help="training sample for IVF/PQ types"
+    )
+    p.add_argument(
+        "--search-params",
+        default=None,
+        help="FAISS search parameters stored with the index, e.g. nprobe=32 or efSearch=256",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="nearest catalogue items to a text or an image")
+    p.add_argument("run", help="run folder holding model/ and index/")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="query text")
+    q.add_argument("--image", help="query image file")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument(
+        "--modality",
+        choices=SEARCH_MODALITIES,
+        default="image",
+        help="match the items' images, texts or both (default image)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--index", default=None, help="index folder (default RUN/index)")
+    p.add_argument("--search-params", default=None, help="override FAISS search parameters")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="a search page and JSON API over RUN's index")
+    p.add_argument("run", help="run folder holding model/ and index/")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--index", default=None, help="index folder (default RUN/index)")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="upload size limit")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="upload pixel limit")
+    p.add_argument("--max-text", type=int, default=500, help="query text length limit")
+    p.add_argument("--quiet", action="store_true", help="log warnings only")
+    p.set_defaults(func=cmd_serve)

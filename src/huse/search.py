@@ -1,0 +1,155 @@
+"""Search a catalogue index with a trained model: text or image in, nearest items out.
+
+``Searcher.from_run(RUN)`` loads the model and ``RUN/index`` once; ``search_text``,
+``search_image`` and ``search_item`` embed the query in the shared space and return
+``Hit`` records. Every direction works: text→image, image→text, image→image, text→text.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from huse.index import (
+    SEARCH_MODALITIES,
+    CatalogueIndex,
+    CatalogueIndexError,
+    load_index,
+    model_dir_of,
+    model_fingerprint,
+)
+from huse.model import HUSEModel
+
+MAX_K = 1000
+
+
+@dataclass
+class Hit:
+    """One result: a catalogue item and how well it matched.
+
+    ``modality`` is the item's vector that matched (``image`` or ``text``).
+    """
+
+    rank: int
+    row: int
+    id: str
+    image: str
+    text: str
+    classes: str
+    score: float
+    modality: str
+
+    def to_dict(self) -> dict:
+        return {
+            "rank": self.rank,
+            "id": self.id,
+            "image": self.image,
+            "text": self.text,
+            "class": self.classes,
+            "score": round(self.score, 6),
+            "modality": self.modality,
+        }
+
+
+class Searcher:
+    """A model and the index of a catalogue it embedded.
+
+    Args:
+        model: the trained model.
+        index: an index built with that model (checked by the weights' fingerprint when
+            ``model_sha256`` is given).
+        model_sha256: fingerprint of ``model``'s weights.
+
+    Raises:
+        CatalogueIndexError: the index was built by another model or has another dimension.
+    """
+
+    def __init__(
+        self, model: HUSEModel, index: CatalogueIndex, model_sha256: str | None = None
+    ) -> None:
+        built_by = index.info.get("model", {}).get("sha256")
+        if model_sha256 and built_by and built_by != model_sha256:
+            raise CatalogueIndexError(
+                "the index was built with another model (the weights changed since); "
+                "rebuild it with `huse index RUN`"
+            )
+        if model.info.model.embed_dim != index.dim:
+            raise CatalogueIndexError(
+                f"the model embeds in {model.info.model.embed_dim} dims, the index holds "
+                f"{index.dim}; rebuild it with `huse index RUN`"
+            )
+        self.model = model
+        self.index = index
+        self.sep = index.info.get("model", {}).get("sep", model.info.sep)
+        # Plain lists: a result row is read without a pandas row object.
+        self._cols = {
+            c: index.items[c].astype(str).tolist() for c in ("id", "image", "text", "classes")
+        }
+        # The towers and backbones are shared; one query embeds at a time.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_run(
+        cls, run: str | Path, index: str | Path | None = None, search_params: str | None = None
+    ) -> Searcher:
+        """Load ``RUN/model`` and ``RUN/index`` (or the index folder ``index``)."""
+        model_dir = model_dir_of(run)
+        model = HUSEModel.load(model_dir)
+        idx = load_index(index if index is not None else run, search_params)
+        return cls(model, idx, model_fingerprint(model_dir))
+
+    def warm_up(self) -> None:
+        """Load both backbones now rather than on the first query."""
+        with self._lock:
+            self.model.encode_text(["warm up"])
+            self.model.image_backbone  # noqa: B018 - loads the weights
+
+    def embed_text(self, text: str) -> np.ndarray:
+        with self._lock:
+            return self.model.encode_text([text])
+
+    def embed_image(self, image) -> np.ndarray:
+        """Embed a path, bytes or PIL image (raises ``ImageError`` when unreadable)."""
+        with self._lock:
+            return self.model.encode_image([image])
+
+    def search_text(self, text: str, k: int = 10, modality: str = "image") -> list[Hit]:
+        return self.search_vector(self.embed_text(text), k, modality)
+
+    def search_image(self, image, k: int = 10, modality: str = "image") -> list[Hit]:
+        return self.search_vector(self.embed_image(image), k, modality)
+
+    def search_item(self, item_id: str, k: int = 10, modality: str = "image") -> list[Hit]:
+        """Items like a catalogue item, queried by its own image (looked up by id)."""
+        row = self.index.row_of(item_id)
+        if row is None:
+            raise KeyError(item_id)
+        return self.search_image(self._cols["image"][row], k, modality)
+
+    def search_vector(self, vector: np.ndarray, k: int = 10, modality: str = "image") -> list[Hit]:
+        if modality not in SEARCH_MODALITIES:
+            raise ValueError(f"modality must be one of {SEARCH_MODALITIES}, not {modality!r}")
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be between 1 and {MAX_K}, not {k}")
+        scores, rows, mods = self.index.search(vector, k, modality)
+        c = self._cols
+        hits = []
+        for s, r, m in zip(scores[0].tolist(), rows[0].tolist(), mods[0].tolist()):
+            if r < 0:
+                continue
+            hits.append(
+                Hit(
+                    rank=len(hits) + 1,
+                    row=r,
+                    id=c["id"][r],
+                    image=c["image"][r],
+                    text=c["text"][r],
+                    classes=c["classes"][r],
+                    score=float(s),
+                    modality=str(m),
+                )
+            )
+        return hits
