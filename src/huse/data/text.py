@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -17,8 +18,9 @@ _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
 def normalize_text(text: str) -> str:
-    """Remove junk (``HASH(0x…)``, markup, URLs) and collapse whitespace; keeps case."""
-    return _SPACE.sub(" ", _JUNK.sub(" ", text)).strip()
+    """Decode HTML entities, remove junk (``HASH(0x…)``, markup, URLs) and collapse
+    whitespace; keeps case."""
+    return _SPACE.sub(" ", _JUNK.sub(" ", html.unescape(text))).strip()
 
 
 def clean_for_tfidf(text: str) -> str:
