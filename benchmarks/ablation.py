@@ -62,6 +62,16 @@ VARIANTS: dict[str, dict] = {
     "xmodal δ=1 + hier τ=0.05": {"delta": 1.0, "hier_smoothing": 0.05},
     "hier τ=0.05": {"hier_smoothing": 0.05},
     "xmodal δ=0.3": {"delta": 0.3},
+    "lr=3e-4, ζ=2": {"lr": 3e-4, "margin": 2.0},
+    "lr=3e-4, hier τ=0.05": {"lr": 3e-4, "hier_smoothing": 0.05},
+    "lr=3e-4, ζ=2, hier τ=0.05": {"lr": 3e-4, "margin": 2.0, "hier_smoothing": 0.05},
+    "lr=3e-4, ζ=2, hier τ=0.05, cosine s=32": {
+        "lr": 3e-4,
+        "margin": 2.0,
+        "hier_smoothing": 0.05,
+        "cosine_classifier": True,
+        "logit_scale": 32.0,
+    },
     "xmodal δ=1 + cosine s=32 + hier τ=0.05": {
         "delta": 1.0,
         "cosine_classifier": True,

@@ -112,8 +112,11 @@ def table(ds: dict, columns=COLUMNS) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--raw", required=True)
-    ap.add_argument("--stripped", required=True)
+    ap.add_argument("--raw", default=None, help="manifest with the raw texts")
+    ap.add_argument("--stripped", default=None, help="manifest with class words stripped")
+    ap.add_argument(
+        "--from-json", nargs="*", default=None, help="only render tables from earlier outputs"
+    )
     ap.add_argument("--methods", nargs="+", default=list_methods())
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=100)
@@ -127,13 +130,19 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     out = {}
-    for name, manifest in (("stripped", args.stripped), ("raw", args.raw)):
-        out[name] = run_dataset(
-            name, manifest, args.methods, args.seeds, args.epochs, args.split, {}
-        )
-        print(table(out[name]))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    if args.from_json:
+        for f in args.from_json:
+            out.update(json.loads(Path(f).read_text()))
+    else:
+        for name, manifest in (("stripped", args.stripped), ("raw", args.raw)):
+            if manifest is None:
+                continue
+            out[name] = run_dataset(
+                name, manifest, args.methods, args.seeds, args.epochs, args.split, {}
+            )
+            print(table(out[name]))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
     if args.results:
         md = []
         for name, ds in out.items():
