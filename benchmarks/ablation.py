@@ -72,6 +72,9 @@ VARIANTS: dict[str, dict] = {
         "cosine_classifier": True,
         "logit_scale": 32.0,
     },
+    "default minus graph and gap (β=γ=0)": {"beta": 0.0, "gamma": 0.0},
+    "default minus gap (γ=0)": {"gamma": 0.0},
+    "default minus graph (β=0)": {"beta": 0.0},
     "xmodal δ=1 + cosine s=32 + hier τ=0.05": {
         "delta": 1.0,
         "cosine_classifier": True,

@@ -268,11 +268,16 @@ def train(
 
 @torch.no_grad()
 def _graph_active(net, fs, tr, graph_loss, batch_size) -> float | None:
-    """Share of pairs under the margin (σ = 1) over train batches of the final model."""
+    """Share of pairs under the margin (σ = 1) over shuffled train batches of the final model.
+
+    Shuffled like training batches: manifests are often sorted by class, and in-order
+    batches would be mostly same-class pairs (A = 0), overstating the share.
+    """
     fracs = []
     dev = next(net.parameters()).device
-    for s in range(0, min(len(tr), 20 * batch_size), batch_size):
-        b = tr[s : s + batch_size]
+    order = tr[np.random.default_rng(0).permutation(len(tr))]
+    for s in range(0, min(len(order), 20 * batch_size), batch_size):
+        b = order[s : s + batch_size]
         tf = csr_to_torch(fs.tfidf[b]).to(dev) if net.cfg.tfidf_dim else None
         ie = net.embed_image(torch.from_numpy(fs.image[b]).float().to(dev))
         te = net.embed_text(torch.from_numpy(fs.text[b]).float().to(dev), tf)
