@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from huse.dataset import DataConfig, build_feature_set
-from huse.evaluate import _softmax, embed, evaluate_net, summary_scores
+from huse.evaluate import embed, evaluate_net, softmax, summary_scores
 from huse.methods import resolve_config
 from huse.run import graph_for, graph_stats
 from huse.train import train
@@ -117,7 +117,7 @@ def main() -> None:
             _, _, li, lt, _ = embed(res.net, fs, val)
             fusion = {}
             if li is not None and lt is not None:
-                pi, pt = _softmax(li), _softmax(lt)
+                pi, pt = softmax(li), softmax(lt)
                 y = fs.labels[val]
                 for w in (0.0, 0.3, 0.5, 0.7, 1.0):
                     fusion[w] = float(((w * pi + (1 - w) * pt).argmax(1) == y).mean())

@@ -57,9 +57,16 @@ def embed(net: HUSENet, fs, idx: np.ndarray, batch_size: int = 2048):
     return cat(ie), cat(te), cat(li), cat(lt), cat(lj)
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of a numpy score matrix."""
     z = np.exp(x - x.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as float32 (zero rows stay zero)."""
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def centroid_scores(emb: np.ndarray, train_emb: np.ndarray, train_labels: np.ndarray, k: int):
@@ -124,10 +131,10 @@ def evaluate_net(
     cls_mode = "classifier"
     scores: dict[str, np.ndarray | None] = {"image": None, "text": None, "fusion": None}
     if lj is not None:  # the notebook's joint classifier: no single-modality prediction
-        scores["fusion"] = _softmax(lj)
+        scores["fusion"] = softmax(lj)
     elif li is not None and lt is not None:
         w = net.cfg.fusion_weight
-        scores["image"], scores["text"] = _softmax(li), _softmax(lt)
+        scores["image"], scores["text"] = softmax(li), softmax(lt)
         scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
     else:
         cls_mode = "centroid"
@@ -169,13 +176,9 @@ def evaluate_raw(fs, split: str = "test", *, chunk_size: int = 1024) -> dict:
     h = fs.hierarchy
     _, dist = hierarchy_arrays(h)
 
-    def norm(x):
-        x = x.astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-
-    img, txt = norm(fs.image[idx]), norm(fs.text[idx])
-    si = centroid_scores(img, norm(fs.image[tr]), fs.labels[tr], len(h))
-    st = centroid_scores(txt, norm(fs.text[tr]), fs.labels[tr], len(h))
+    img, txt = l2_normalize(fs.image[idx]), l2_normalize(fs.text[idx])
+    si = centroid_scores(img, l2_normalize(fs.image[tr]), fs.labels[tr], len(h))
+    st = centroid_scores(txt, l2_normalize(fs.text[tr]), fs.labels[tr], len(h))
     cls, cls_sev = {}, {}
     for name, s in (("image", si), ("text", st), ("fusion", (si + st) / 2)):
         m = classification_metrics(s, labels, dist, ks=(1, 5))

@@ -71,16 +71,6 @@ class RunData:
         return str(self.metrics.get("method") or self.train_config.get("method") or "?")
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max(1, keepdims=True))
-    return z / z.sum(1, keepdims=True)
-
-
 def load_run(run: Path, *, progress: bool = False) -> RunData:
     """Load a run's model and its manifest's test split (features from the cache) and embed it.
 
@@ -88,7 +78,7 @@ def load_run(run: Path, *, progress: bool = False) -> RunData:
     backbone runs again.
     """
     from huse.dataset import DataConfig, build_feature_set
-    from huse.evaluate import centroid_scores, embed
+    from huse.evaluate import centroid_scores, embed, l2_normalize, softmax
     from huse.model import HUSEModel
 
     run = Path(run)
@@ -117,10 +107,10 @@ def load_run(run: Path, *, progress: bool = False) -> RunData:
     scores: dict[str, np.ndarray | None] = {"image": None, "text": None, "fusion": None}
     mode = "classifier"
     if lj is not None:
-        scores["fusion"] = _softmax(lj)
+        scores["fusion"] = softmax(lj)
     elif li is not None and lt is not None:
         w = model.net.cfg.fusion_weight
-        scores["image"], scores["text"] = _softmax(li), _softmax(lt)
+        scores["image"], scores["text"] = softmax(li), softmax(lt)
         scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
     else:
         mode = "centroid"
@@ -143,8 +133,8 @@ def load_run(run: Path, *, progress: bool = False) -> RunData:
         labels=labels,
         img=img,
         txt=txt,
-        raw_img=_normalise(fs.image[idx]),
-        raw_txt=_normalise(fs.text[idx]),
+        raw_img=l2_normalize(fs.image[idx]),
+        raw_txt=l2_normalize(fs.text[idx]),
         scores=scores,
         classification_mode=mode,
     )
