@@ -118,6 +118,31 @@ def space_metrics(
     return retrieval, hier, severity
 
 
+def class_scores(
+    net: HUSENet, fs, embedded: tuple, train_split: str = "train"
+) -> tuple[dict[str, np.ndarray | None], str]:
+    """Class scores for image, text and fusion from ``embed``'s output, and how they were
+    made: ``"classifier"`` (softmaxes, fused by the net's weight) or ``"centroid"``
+    (cosine to the training-class centroids, for methods without a classifier)."""
+    img, txt, li, lt, lj = embedded
+    scores: dict[str, np.ndarray | None] = {"image": None, "text": None, "fusion": None}
+    if lj is not None:  # the notebook's joint classifier: no single-modality prediction
+        scores["fusion"] = softmax(lj)
+        return scores, "classifier"
+    if li is not None and lt is not None:
+        w = net.cfg.fusion_weight
+        scores["image"], scores["text"] = softmax(li), softmax(lt)
+        scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
+        return scores, "classifier"
+    tr = fs.split_indices(train_split)
+    ti, tt, *_ = embed(net, fs, tr)
+    tl, k = fs.labels[tr], len(fs.hierarchy)
+    scores["image"] = centroid_scores(img, ti, tl, k)
+    scores["text"] = centroid_scores(txt, tt, tl, k)
+    scores["fusion"] = (scores["image"] + scores["text"]) / 2
+    return scores, "centroid"
+
+
 def evaluate_net(
     net: HUSENet, fs, split: str = "test", *, chunk_size: int = 1024, train_split: str = "train"
 ) -> dict:
@@ -125,26 +150,10 @@ def evaluate_net(
     idx = fs.split_indices(split)
     labels = fs.labels[idx]
     h = fs.hierarchy
-    k = len(h)
     _, dist = hierarchy_arrays(h)
-    img, txt, li, lt, lj = embed(net, fs, idx)
-    cls_mode = "classifier"
-    scores: dict[str, np.ndarray | None] = {"image": None, "text": None, "fusion": None}
-    if lj is not None:  # the notebook's joint classifier: no single-modality prediction
-        scores["fusion"] = softmax(lj)
-    elif li is not None and lt is not None:
-        w = net.cfg.fusion_weight
-        scores["image"], scores["text"] = softmax(li), softmax(lt)
-        scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
-    else:
-        cls_mode = "centroid"
-        tr = fs.split_indices(train_split)
-        ti, tt, *_ = embed(net, fs, tr)
-        tl = fs.labels[tr]
-        si = centroid_scores(img, ti, tl, k)
-        st = centroid_scores(txt, tt, tl, k)
-        scores["image"], scores["text"] = si, st
-        scores["fusion"] = (si + st) / 2
+    embedded = embed(net, fs, idx)
+    img, txt = embedded[0], embedded[1]
+    scores, cls_mode = class_scores(net, fs, embedded, train_split)
     cls, cls_sev = {}, {}
     for name, s in scores.items():
         if s is None or len(idx) == 0:

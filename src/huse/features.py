@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from huse._dist import barrier as _dist_barrier
-from huse._dist import setup as _dist_setup
+from huse._dist import barrier
+from huse._dist import setup as dist_setup
 from huse._io import atomic_path
 from huse.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
@@ -116,14 +116,6 @@ class FeatureStore:
                 self._index[k] = (path, i)
 
 
-def _dist() -> tuple[int, int]:
-    return _dist_setup()
-
-
-def _barrier() -> None:
-    _dist_barrier()
-
-
 class _ImageDataset(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], preprocess: Callable, max_pixels: int) -> None:
         self.paths, self.preprocess, self.max_pixels = paths, preprocess, max_pixels
@@ -196,7 +188,7 @@ def extract_images(
         keys, errors = hash_image_files(paths, store.version)
     else:
         keys, errors = list(keys), dict(key_errors or {})
-    rank, world = _dist()
+    rank, world = dist_setup()
     seen: set[str] = set()
     todo = []
     for i, k in enumerate(keys):
@@ -232,7 +224,7 @@ def extract_images(
                     stats.images_computed += len(ok)
             bar.update(len(batch))
         bar.close()
-    _barrier()
+    barrier()
     if world > 1:
         store.refresh()
         # Failures found by other ranks: decoding again is cheap next to the forward pass.
@@ -267,7 +259,7 @@ def extract_texts(
 
     t0 = time.perf_counter()
     keys = [content_key(store.version, t.encode("utf-8")) for t in texts]
-    rank, world = _dist()
+    rank, world = dist_setup()
     first: dict[str, int] = {}
     for i, k in enumerate(keys):
         if k not in store and k not in first:
@@ -293,7 +285,7 @@ def extract_texts(
             store.put([keys[i] for i in chunk], feats)
             bar.update(len(chunk))
         bar.close()
-    _barrier()
+    barrier()
     if world > 1:
         store.refresh()
     out = store.get(keys) if keys else np.zeros((0, backbone.dim), dtype=np.float32)

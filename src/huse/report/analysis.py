@@ -78,7 +78,7 @@ def load_run(run: Path, *, progress: bool = False) -> RunData:
     backbone runs again.
     """
     from huse.dataset import DataConfig, build_feature_set
-    from huse.evaluate import centroid_scores, embed, l2_normalize, softmax
+    from huse.evaluate import class_scores, embed, l2_normalize
     from huse.model import HUSEModel
 
     run = Path(run)
@@ -100,26 +100,11 @@ def load_run(run: Path, *, progress: bool = False) -> RunData:
     idx = fs.split_indices("test")
     if len(idx) < 2:
         raise ReportError(f"{run}: the test split of {manifest} has {len(idx)} items; need 2+")
-    img, txt, li, lt, lj = embed(model.net, fs, idx)
+    embedded = embed(model.net, fs, idx)
+    img, txt = embedded[0], embedded[1]
     labels = fs.labels[idx]
-    # The same class scores as huse.evaluate.evaluate_net, so the per-class view adds up
-    # to the accuracy in metrics.json.
-    scores: dict[str, np.ndarray | None] = {"image": None, "text": None, "fusion": None}
-    mode = "classifier"
-    if lj is not None:
-        scores["fusion"] = softmax(lj)
-    elif li is not None and lt is not None:
-        w = model.net.cfg.fusion_weight
-        scores["image"], scores["text"] = softmax(li), softmax(lt)
-        scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
-    else:
-        mode = "centroid"
-        tr = fs.split_indices("train")
-        ti, tt, *_ = embed(model.net, fs, tr)
-        k = len(fs.hierarchy)
-        scores["image"] = centroid_scores(img, ti, fs.labels[tr], k)
-        scores["text"] = centroid_scores(txt, tt, fs.labels[tr], k)
-        scores["fusion"] = (scores["image"] + scores["text"]) / 2
+    # The same class scores as metrics.json, so the per-class view adds up to its accuracy.
+    scores, mode = class_scores(model.net, fs, embedded)
     graph = np.load(run / "graph.npy") if (run / "graph.npy").is_file() else model.graph
     tc = run / "train_config.json"
     return RunData(
