@@ -13,6 +13,7 @@ whether training converged (early stop) or hit the epoch cap.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -75,6 +76,14 @@ VARIANTS: dict[str, dict] = {
     "default minus graph and gap (β=γ=0)": {"beta": 0.0, "gamma": 0.0},
     "default minus gap (γ=0)": {"gamma": 0.0},
     "default minus graph (β=0)": {"beta": 0.0},
+    "hier τ=0.02": {"hier_smoothing": 0.02},
+    "hier τ=0.03": {"hier_smoothing": 0.03},
+    "input dropout 0.2": {"input_dropout": 0.2},
+    "input dropout 0.5": {"input_dropout": 0.5},
+    "dropout 0.3": {"dropout": 0.3},
+    "image layers 2": {"image_layers": 2},
+    "weight decay 1e-2": {"weight_decay": 1e-2},
+    "input dropout 0.2, image layers 2": {"input_dropout": 0.2, "image_layers": 2},
     "xmodal δ=1 + cosine s=32 + hier τ=0.05": {
         "delta": 1.0,
         "cosine_classifier": True,
@@ -92,21 +101,31 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--out", default="benchmarks/out/ablation.json")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 on a busy machine)")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["huse"],
+        help="methods to run each variant with (baselines get the same overrides)",
+    )
+    ap.add_argument("--image-backbone", default=DataConfig.image_backbone)
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    fs = build_feature_set(args.manifest, DataConfig(), progress=True)
+    fs = build_feature_set(
+        args.manifest, DataConfig(image_backbone=args.image_backbone), progress=True
+    )
     val = fs.split_indices("val")
     print(f"{len(fs)} items, {len(fs.hierarchy)} classes; validation items: {len(val)}")
     results: dict[str, list[dict]] = {}
     graphs: dict = {}
-    for name in args.variants:
+    for name, method in itertools.product(args.variants, args.methods):
         over = dict(VARIANTS[name])
         preset = over.pop("preset", "default")
+        key = name if method == "huse" else f"{method}: {name}"
         for seed in args.seeds:
-            cfg = resolve_config("huse", preset, seed=seed, **({"epochs": args.epochs} | over))
+            cfg = resolve_config(method, preset, seed=seed, **({"epochs": args.epochs} | over))
             if cfg.graph_source not in graphs:
                 graphs[cfg.graph_source] = graph_for(fs, cfg)
             graph, class_emb = graphs[cfg.graph_source]
@@ -131,9 +150,9 @@ def main() -> None:
                 "pairs_under_margin": graph_stats(graph, cfg.margin)["pairs_under_margin"],
                 "fusion_by_weight": fusion,
             }
-            results.setdefault(name, []).append(row)
+            results.setdefault(key, []).append(row)
             print(
-                f"{name:24s} seed {seed}: cross R@1 {s['cross_R@1']:.3f}  HP@5 {s['mean_HP@5']:.3f}  "
+                f"{key:24s} seed {seed}: cross R@1 {s['cross_R@1']:.3f}  HP@5 {s['mean_HP@5']:.3f}  "
                 f"fusion {s['fusion'] or 0:.3f}  pairs<ζ {row['pairs_under_margin']:.2f}  "
                 f"active {row['graph_active'] if row['graph_active'] is None else round(row['graph_active'], 3)}  "
                 f"{res.epochs_run} ep ({res.stopped}, best {res.best_epoch})  {row['seconds']:.0f}s",

@@ -173,3 +173,12 @@ def test_a_fitted_run_loads_and_encodes(runs):
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     top = model.classify(texts=["a bird on a branch"], top_k=3)[0]
     assert len(top) == 3 and sum(p for _, p in top) <= 1 + 1e-6
+
+
+def test_cli_feature_defaults_are_the_library_defaults():
+    from huse.cli import build_parser
+    from huse.dataset import DataConfig
+
+    args = build_parser().parse_args(["extract", "m.csv", "--out", "o"])
+    assert args.image_backbone == DataConfig.image_backbone == "efficientnet-lite2"
+    assert args.text_backbone == DataConfig.text_backbone

@@ -315,11 +315,11 @@ def test_huse_extract_end_to_end_and_cache_reuse(tmp_path, capsys):
     # The saved features are the backbones' own numbers for those items.
     from huse.backbones import get_backbone
     from huse.data.images import load_image
-    from huse.dataset import FeatureSet
+    from huse.dataset import DataConfig, FeatureSet
 
     fs = FeatureSet.load(out)
     assert fs.items["id"].tolist() == [f"g{i:02d}" for i in range(12)]
-    img_bb = get_backbone("efficientnet-lite0")
+    img_bb = get_backbone(DataConfig.image_backbone)
     direct = img_bb.forward(img_bb.preprocess(load_image(items[5][0]))[None]).numpy()[0]
     np.testing.assert_allclose(image[5], direct, atol=1e-4, rtol=1e-4)
     txt_bb = get_backbone("minilm-l6")

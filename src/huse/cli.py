@@ -22,7 +22,8 @@ def _add_manifest_args(p: argparse.ArgumentParser) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     _add_manifest_args(p)
     g = p.add_argument_group("features")
-    g.add_argument("--image-backbone", default="efficientnet-lite0")
+    # Literals keep `huse --help` free of torch; a test ties them to DataConfig's defaults.
+    g.add_argument("--image-backbone", default="efficientnet-lite2")
     g.add_argument("--text-backbone", default="minilm-l6")
     g.add_argument("--batch-size", type=int, default=32, help="image backbone batch size")
     g.add_argument("--workers", type=int, default=0, help="image decoding processes")
@@ -68,7 +69,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     out = Path(args.out)
     cache = args.cache or str(out / "cache")
     config = _data_config(args, cache)
+    from huse._dist import is_main, teardown
+
     fs = build_feature_set(args.manifest, config, progress=not args.quiet)
+    teardown()  # under torchrun: every rank extracted its share into the cache
+    if not is_main():  # rank 0 writes the feature set and reports
+        return 0
     fs.save(out)
     s = fs.stats
     print(
@@ -77,6 +83,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         f"{s['texts_computed']} texts, reused the rest from {cache}"
     )
     print(_summary_skipped(fs, out))
+    for shard in s.get("damaged_shards", []):
+        print(f"damaged cache shard {shard}: set aside (*.damaged), its items recomputed")
     if s["train_only_classes"]:
         print(
             f"{len(s['train_only_classes'])} classes have fewer than "
@@ -113,6 +121,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--embed-dim", type=int)
     g.add_argument("--patience", type=int)
+    g.add_argument(
+        "--bf16",
+        action="store_true",
+        default=None,
+        help="bfloat16 mixed precision on a CUDA device (elsewhere: a warning, float32)",
+    )
     g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     g.add_argument("--quiet", action="store_true")
 
@@ -141,6 +155,7 @@ def _train_config(args: argparse.Namespace):
         patience=args.patience,
         seed=args.seed,
         device=args.device,
+        bf16=args.bf16,
     )
 
 
@@ -202,6 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         features=fs,
     )
+    if not m:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     _print_metrics(m, out)
     _write_report(out)
     return 0
@@ -320,12 +337,29 @@ def _version() -> str:
         return "unknown"
 
 
+def _is_user_error(e: Exception) -> bool:
+    """Errors whose message already says what is wrong and how to fix it (a checkpoint
+    made with other settings, a damaged index): shown without a traceback. Looked up in
+    the loaded modules only, so the check imports nothing."""
+    kinds = {"huse.train": "CheckpointError", "huse.index": "CatalogueIndexError"}
+    return any(
+        isinstance(e, getattr(sys.modules[mod], name))
+        for mod, name in kinds.items()
+        if mod in sys.modules
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if not _is_user_error(e):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

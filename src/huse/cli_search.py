@@ -145,9 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", default=None, help="catalogue manifest (default: the run's)")
     p.add_argument(
         "--factory",
-        default="flat",
+        default="auto",
         help=f"index type: {', '.join(list_index_types())} or a FAISS factory string such as "
-        "HNSW32 or IVF1024,PQ32 (default flat: exact)",
+        "HNSW32 or IVF1024,PQ32 (default auto: exact Flat up to 200k items, IVF-SQ8 up to "
+        "20M, IVF-PQ beyond; see README 'Scaling out')",
     )
     p.add_argument("--out", default=None, help="index folder (default RUN/index)")
     p.add_argument(

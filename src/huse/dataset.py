@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from huse._dist import all_reduce_sum
 from huse._io import atomic_path, atomic_write_text
 from huse.data.hierarchy import Hierarchy
 from huse.data.manifest import Manifest, ManifestConfig, Skipped, read_manifest
@@ -47,7 +48,8 @@ class DataConfig:
 
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    image_backbone: str = "efficientnet-lite0"
+    # lite2 over lite0: +0.02 validation R@1 and HP@5 on Openclipart for ~2× extraction time.
+    image_backbone: str = "efficientnet-lite2"
     text_backbone: str = "minilm-l6"
     tfidf_max_features: int = 10000
     tfidf_min_df: int = 2
@@ -113,13 +115,22 @@ class FeatureSet:
         atomic_write_text(out / "extract_stats.json", json.dumps(self.stats, indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> FeatureSet:
+    def load(cls, path: str | Path, mmap: bool = True) -> FeatureSet:
+        """Read a folder written by ``save``.
+
+        Args:
+            path: the folder.
+            mmap: open the image and text features as read-only memory maps: pages load
+                when rows are read, and the ranks of a torchrun job share one copy in the
+                page cache. False reads them into memory.
+        """
         path = Path(path)
         classes = json.loads((path / "classes.json").read_text())
+        mode = "r" if mmap else None
         return cls(
             items=pd.read_parquet(path / "items.parquet"),
-            image=np.load(path / "image.npy"),
-            text=np.load(path / "text.npy"),
+            image=np.load(path / "image.npy", mmap_mode=mode),
+            text=np.load(path / "text.npy", mmap_mode=mode),
             tfidf=sp.load_npz(path / "tfidf.npz").tocsr(),
             tfidf_model=TfidfFeatures.load(path / "tfidf.json"),
             hierarchy=Hierarchy(classes["classes"], sep=classes["sep"]),
@@ -233,6 +244,10 @@ def build_feature_set(
     skipped_df = pd.DataFrame(
         [asdict(s) for s in sorted(skipped, key=lambda s: s.row)],
         columns=["row", "id", "column", "reason"],
+    )
+    # Under torchrun each rank counted its own share of the forward passes.
+    stats.images_computed, stats.texts_computed = all_reduce_sum(
+        [stats.images_computed, stats.texts_computed]
     )
     info = asdict(stats) | {
         "manifest": str(Path(manifest.path).resolve()),

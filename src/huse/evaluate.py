@@ -17,6 +17,10 @@ from huse.metrics import classification_metrics, retrieval_metrics
 from huse.model import HUSENet, csr_to_torch
 
 RECALL_KS = (1, 5, 10)
+# Similarities scored at once: a chunk holds about 11 bytes per entry (float32 scores,
+# their partitioned copy and three masks), so ~350 MB at this budget, whatever N is.
+SIM_BUDGET = 2**25
+MIN_CHUNK_ROWS = 64
 HP_KS = (2, 5, 10)
 DIRECTIONS = ("i2i", "i2t", "t2i", "t2t")
 
@@ -82,6 +86,12 @@ def centroid_scores(emb: np.ndarray, train_emb: np.ndarray, train_labels: np.nda
     return scores
 
 
+def chunk_rows(n_gallery: int, chunk_size: int = 1024) -> int:
+    """Query rows per chunk: at most ``chunk_size``, fewer when the gallery is so large that
+    ``rows × n_gallery`` would pass ``SIM_BUDGET`` (never below ``MIN_CHUNK_ROWS``)."""
+    return int(min(chunk_size, max(MIN_CHUNK_ROWS, SIM_BUDGET // max(n_gallery, 1))))
+
+
 def space_metrics(
     img: np.ndarray | None,
     txt: np.ndarray | None,
@@ -107,7 +117,8 @@ def space_metrics(
             q, labels, g, labels,
             query_ids=ids, gallery_ids=ids,
             recall_ks=RECALL_KS, hp_ks=HP_KS,
-            hp_targets=targets, class_distance=dist, chunk_size=chunk_size,
+            hp_targets=targets, class_distance=dist,
+            chunk_size=chunk_rows(len(g), chunk_size),
         )  # fmt: skip
         retrieval[d] = {f"R@{k}": m[f"R@{k}"] for k in RECALL_KS}
         hier[d] = {f"HP@{k}": m[f"HP@{k}"] for k in HP_KS}

@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +50,34 @@ def content_key(version: str, content: bytes) -> str:
     return h.hexdigest()
 
 
+class CacheWarning(UserWarning):
+    """A damaged cache file was found, set aside, and its items will be recomputed."""
+
+
+def _shard_digest(keys: np.ndarray, features: np.ndarray) -> str:
+    """SHA-256 of a shard's content: the keys (UTF-32 array), the shape and the float32 rows."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(keys, dtype="U64").tobytes())
+    h.update(np.asarray(features.shape, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+# A temporary shard file older than this belongs to a writer that died (SIGKILL, power
+# loss); younger ones may be another process's write in progress.
+STALE_TMP_SECONDS = 3600
+
+
 class FeatureStore:
     """Features of one backbone version, keyed by content hash, stored as npz shards.
+
+    Each shard holds ``keys``, ``features`` and ``sha256`` (a digest of the two). A shard
+    that does not open, lacks a member, has mismatched shapes or fails its digest is
+    *damaged*: it is renamed to ``*.npz.damaged``, listed in ``damaged`` with the reason,
+    reported as a ``CacheWarning`` naming the file, and its items count as missing, so
+    the next extraction recomputes exactly those items and nothing else. Keys are checked
+    when the folder is scanned; the features' digest when a shard is first read
+    (``verify`` or ``get``).
 
     Args:
         root: the cache folder (shared by all backbones; each gets a subfolder).
@@ -61,18 +89,77 @@ class FeatureStore:
         self.dir = Path(root) / _slug(version)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._index: dict[str, tuple[Path, int]] | None = None
+        self._verified: set[Path] = set()
+        self.damaged: list[tuple[Path, str]] = []
+
+    def _set_aside(self, shard: Path, reason: str) -> None:
+        """Report a damaged shard by name and move it out of the way of later scans."""
+        target = shard.with_name(shard.name + ".damaged")
+        try:
+            os.replace(shard, target)
+            where = f"moved to {target.name}"
+        except OSError:  # another process moved it already, or a read-only cache
+            where = "left in place"
+        self.damaged.append((shard, reason))
+        warnings.warn(
+            f"damaged feature cache shard {shard} ({reason}); {where}, its items will be "
+            "recomputed",
+            CacheWarning,
+            stacklevel=3,
+        )
+
+    def _remove_stale_tmp(self) -> None:
+        now = time.time()
+        for tmp in self.dir.glob(".shard-*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                    tmp.unlink()
+            except OSError:
+                pass
 
     def _scan(self) -> dict[str, tuple[Path, int]]:
+        self._remove_stale_tmp()
         index: dict[str, tuple[Path, int]] = {}
         for shard in sorted(self.dir.glob("shard-*.npz")):
             try:
+                with open(shard, "rb") as fh:
+                    if fh.read(4) != b"PK\x03\x04":
+                        raise ValueError("not an npz file (no zip header)")
                 with np.load(shard) as z:
                     keys = z["keys"]
-            except Exception:  # a damaged shard only costs a recompute of its items
+                    missing = {"features"} - set(z.files)
+                if missing:
+                    raise ValueError(f"missing {sorted(missing)}")
+                if keys.ndim != 1:
+                    raise ValueError(f"keys of shape {keys.shape}")
+            except Exception as e:  # truncated, not a zip, a bad member: all mean damaged
+                self._set_aside(shard, f"unreadable: {type(e).__name__}: {e}")
                 continue
             for i, k in enumerate(keys):
                 index[str(k)] = (shard, i)
         return index
+
+    def _read(self, shard: Path) -> np.ndarray | None:
+        """A shard's features after checking its digest; None (and set aside) when damaged."""
+        try:
+            with np.load(shard) as z:
+                keys, feats = z["keys"], z["features"]
+                # Shards written before digests existed rely on the zip's CRC-32 alone.
+                digest = str(z["sha256"]) if "sha256" in z.files else None
+            if feats.ndim != 2 or len(feats) != len(keys):
+                raise ValueError(f"{len(keys)} keys but features of shape {feats.shape}")
+            if digest is not None and _shard_digest(keys, feats) != digest:
+                raise ValueError("sha256 checksum mismatch")
+        except Exception as e:
+            self._set_aside(shard, f"{type(e).__name__}: {e}")
+            self._forget(shard)
+            return None
+        self._verified.add(shard)
+        return feats
+
+    def _forget(self, shard: Path) -> None:
+        if self._index is not None:
+            self._index = {k: v for k, v in self._index.items() if v[0] != shard}
 
     @property
     def index(self) -> dict[str, tuple[Path, int]]:
@@ -82,20 +169,42 @@ class FeatureStore:
 
     def refresh(self) -> None:
         self._index = None
+        self._verified.clear()
 
     def __contains__(self, key: str) -> bool:
         return key in self.index
 
+    def verify(self, keys: Sequence[str | None]) -> list[Path]:
+        """Check the digest of every shard holding one of ``keys`` (each shard once).
+
+        A damaged shard is set aside and its keys leave the index, so ``key in store`` is
+        False for them afterwards. Returns the damaged shards found by this call.
+        """
+        before = len(self.damaged)
+        shards = {self.index[k][0] for k in keys if k is not None and k in self.index}
+        for shard in sorted(shards - self._verified):
+            self._read(shard)
+        return [p for p, _ in self.damaged[before:]]
+
     def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Features for ``keys`` (all must be present), in order, as float32."""
+        """Features for ``keys`` (all must be present), in order, as float32.
+
+        Raises:
+            KeyError: a key is missing, or its shard turned out to be damaged (it was set
+                aside and reported; extract again to recompute its items).
+        """
         by_shard: dict[Path, list[tuple[int, int]]] = {}
         for pos, k in enumerate(keys):
             shard, row = self.index[k]
             by_shard.setdefault(shard, []).append((pos, row))
         out: np.ndarray | None = None
         for shard, pairs in by_shard.items():
-            with np.load(shard) as z:
-                feats = z["features"]
+            feats = self._read(shard)
+            if feats is None:
+                raise KeyError(
+                    f"feature cache shard {shard} is damaged and was set aside; run the "
+                    "extraction again to recompute its items"
+                )
             if out is None:
                 out = np.empty((len(keys), feats.shape[1]), dtype=np.float32)
             pos, rows = zip(*pairs)
@@ -105,15 +214,18 @@ class FeatureStore:
         return out
 
     def put(self, keys: Sequence[str], features: np.ndarray) -> None:
-        """Write one shard atomically."""
+        """Write one shard atomically, with the digest of its content."""
         if len(keys) == 0:
             return
         path = self.dir / f"shard-{uuid.uuid4().hex}.npz"
+        k = np.asarray(keys, dtype="U64")
+        f32 = np.ascontiguousarray(features, dtype=np.float32)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, keys=np.asarray(keys, dtype="U64"), features=features.astype(np.float32))
+            np.savez(f, keys=k, features=f32, sha256=np.asarray(_shard_digest(k, f32)))
+        self._verified.add(path)
         if self._index is not None:
-            for i, k in enumerate(keys):
-                self._index[k] = (path, i)
+            for i, key in enumerate(keys):
+                self._index[key] = (path, i)
 
 
 class _ImageDataset(torch.utils.data.Dataset):
@@ -144,6 +256,17 @@ class ExtractStats:
     texts_computed: int = 0
     seconds_images: float = 0.0
     seconds_texts: float = 0.0
+    # Damaged cache shards found (set aside, their items recomputed), by file name.
+    damaged_shards: list[str] = field(default_factory=list)
+
+
+def _verify(store: FeatureStore, keys: Sequence[str | None], stats: ExtractStats | None) -> None:
+    """Check the shards this extraction will read, so a damaged one is recomputed now."""
+    store.verify(keys)
+    if stats is not None:
+        stats.damaged_shards += [
+            str(p) for p, _ in store.damaged if str(p) not in stats.damaged_shards
+        ]
 
 
 def hash_image_files(paths: Sequence[str], version: str) -> tuple[list[str | None], dict[int, str]]:
@@ -189,6 +312,7 @@ def extract_images(
     else:
         keys, errors = list(keys), dict(key_errors or {})
     rank, world = dist_setup()
+    _verify(store, keys, stats)
     seen: set[str] = set()
     todo = []
     for i, k in enumerate(keys):
@@ -260,6 +384,7 @@ def extract_texts(
     t0 = time.perf_counter()
     keys = [content_key(store.version, t.encode("utf-8")) for t in texts]
     rank, world = dist_setup()
+    _verify(store, keys, stats)
     first: dict[str, int] = {}
     for i, k in enumerate(keys):
         if k not in store and k not in first:

@@ -88,7 +88,7 @@ def _pq_m_for(d: int) -> int:
 
 @register_index_type("flat")
 def _flat(n: int, d: int) -> str:
-    """Exact search; the default and right up to a few hundred thousand items."""
+    """Exact search; what ``auto`` picks up to 200k items."""
     return "Flat"
 
 
@@ -104,6 +104,13 @@ def _ivfflat(n: int, d: int) -> str:
     return f"IVF{_nlist_for(n)},Flat"
 
 
+@register_index_type("ivfsq")
+def _ivfsq(n: int, d: int) -> str:
+    """Inverted lists over 8-bit scalar-quantised vectors: a quarter of Flat's memory,
+    near-exact scores."""
+    return f"IVF{_nlist_for(n)},SQ8"
+
+
 @register_index_type("ivfpq")
 def _ivfpq(n: int, d: int) -> str:
     """Inverted lists over product-quantised codes: millions of items in little memory.
@@ -115,8 +122,65 @@ def _ivfpq(n: int, d: int) -> str:
     return f"IVF{_nlist_for(n)},PQ{_pq_m_for(d)}{bits}"
 
 
+# Where ``auto`` changes type (benchmarks/RESULTS.md, "Scale": 512 dims, one thread).
+# Flat is exact but reads every vector per query: ~23 ms for one query over 100k items,
+# ~160 ms over 1M. IVF over 8-bit scalar-quantised vectors kept recall@10 ≈ 0.99 at 1M
+# with a quarter of Flat's memory (d bytes a vector), ~2.5 ms a query and a 77 s build,
+# where HNSW32 needed 4·d + 256 bytes a vector, a 10-minute build and reached 0.94. Past
+# 20M items (~10 GB of SQ8 codes per modality) only PQ's 64-byte codes fit, at a recall
+# cost (0.60 at 1M on the same data).
+AUTO_FLAT_MAX = 200_000
+AUTO_SQ_MAX = 20_000_000
+ADD_BLOCK = 65_536  # vectors added to an index at once
+
+
+@register_index_type("auto")
+def _auto(n: int, d: int) -> str:
+    """By catalogue size: Flat up to 200k items, IVF-SQ8 up to 20M, IVF-PQ beyond."""
+    if n <= AUTO_FLAT_MAX:
+        return _flat(n, d)
+    if n <= AUTO_SQ_MAX:
+        return _ivfsq(n, d)
+    return _ivfpq(n, d)
+
+
+def index_memory_bytes(factory: str, n: int, d: int) -> int | None:
+    """Approximate memory of one FAISS index of ``n`` ``d``-dim vectors (None: unknown type).
+
+    Flat: 4·d bytes a vector; HNSWM: the vectors plus 2·M int32 links on level 0; IVF: an
+    int64 id a vector plus its codes (4·d for Flat, d·bits/8 for SQ, m·bits/8 for PQm),
+    the centroids and the PQ codebooks.
+    """
+    parts = factory.split(",")
+    head = parts[0]
+    if factory == "Flat":
+        return 4 * d * n
+    if head.startswith("HNSW"):
+        m = int("".join(ch for ch in head[4:] if ch.isdigit()) or 32)
+        return n * (4 * d + 8 * m)
+    if head.startswith("IVF") and len(parts) >= 2:
+        nlist = int("".join(ch for ch in head[3:] if ch.isdigit()) or 1)
+        fixed = 4 * d * nlist  # the coarse centroids
+        code = parts[1]
+        if code == "Flat":
+            per = 4 * d
+        elif code.startswith("PQ"):
+            m_str, _, bits = code[2:].partition("x")
+            per = math.ceil(int(m_str) * int(bits or 8) / 8)
+            fixed += 4 * d * 2 ** int(bits or 8)  # the codebooks
+        elif code[2:].isdigit() and code.startswith("SQ"):
+            per = math.ceil(d * int(code[2:]) / 8)
+        else:
+            return None
+        if any(p.startswith(("RFlat", "Refine")) for p in parts[2:]):
+            per += 4 * d
+        return n * (per + 8) + fixed
+    return None
+
+
 def resolve_factory(factory: str, n: int, d: int) -> str:
-    """A registered name (``flat``, ``hnsw``, ``ivfflat``, ``ivfpq``) or a FAISS factory string."""
+    """A registered name (``auto``, ``flat``, ``hnsw``, ``ivfflat``, ``ivfpq``) or a FAISS
+    factory string, passed through (the user's override of every size rule)."""
     fn = _INDEX_TYPES.get(factory.strip().lower())
     return fn(n, d) if fn is not None else factory.strip()
 
@@ -143,8 +207,9 @@ class IndexConfig:
     """How the index is built.
 
     Args:
-        factory: a registered type (``flat``, ``hnsw``, ``ivfflat``, ``ivfpq``) or any FAISS
-            factory string (``HNSW32``, ``IVF1024,PQ32``, ``IVF256,PQ16,RFlat``...).
+        factory: a registered type (``auto``, ``flat``, ``hnsw``, ``ivfflat``, ``ivfpq``;
+            sized to the catalogue) or any FAISS factory string (``HNSW32``,
+            ``IVF1024,PQ32``, ``IVF256,PQ16,RFlat``...), which overrides the sizing.
         train_size: types that need training (IVF, PQ) train on at most this many vectors,
             a seeded random sample.
         search_params: FAISS search parameters (``nprobe=32``, ``efSearch=256``); None:
@@ -152,7 +217,7 @@ class IndexConfig:
         seed: seed of the training sample.
     """
 
-    factory: str = "flat"
+    factory: str = "auto"
     train_size: int = 100_000
     search_params: str | None = None
     seed: int = 0
@@ -200,7 +265,9 @@ def _build_one(vectors: np.ndarray, factory: str, config: IndexConfig):
             raise CatalogueIndexError(f"training {factory!r} failed: {_faiss_msg(e)}") from None
         finally:
             faiss.omp_set_num_threads(threads)
-    index.add(np.ascontiguousarray(vectors))
+    # In blocks: a memory-mapped or very large array is never copied whole.
+    for s in range(0, n, ADD_BLOCK):
+        index.add(np.ascontiguousarray(vectors[s : s + ADD_BLOCK], dtype=np.float32))
     return index
 
 
@@ -303,8 +370,11 @@ class CatalogueIndex:
             self.items.to_parquet(tmp / "items.parquet", index=False)
             for m, ix in self.indexes.items():
                 faiss.write_index(ix, str(tmp / f"{m}.faiss"))
-            # index.json last: its presence marks a complete folder.
-            (tmp / "index.json").write_text(json.dumps(self.info, indent=2), encoding="utf-8")
+            # index.json last: its presence marks a complete folder, and it holds the
+            # SHA-256 of every other file, so a damaged one is caught on load.
+            files = {f.name: _file_sha256(f) for f in sorted(tmp.iterdir())}
+            info = self.info | {"files": files}
+            (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
@@ -325,18 +395,61 @@ class CatalogueIndex:
         """
         faiss = _faiss()
         path = resolve_index_dir(path)
-        info = json.loads((path / "index.json").read_text(encoding="utf-8"))
+        rebuild = "rebuild the index with `huse index RUN` (the model is not retrained)"
+        try:
+            info = json.loads((path / "index.json").read_text(encoding="utf-8"))
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise CatalogueIndexError(
+                f"{path / 'index.json'} is damaged ({type(e).__name__}: {e}); {rebuild}"
+            ) from None
         if info.get("format") != FORMAT_VERSION:
             raise CatalogueIndexError(
                 f"{path}: index format {info.get('format')!r}, this huse reads "
                 f"{FORMAT_VERSION}; rebuild it with `huse index RUN`"
             )
-        items = pd.read_parquet(path / "items.parquet")
-        indexes = {m: faiss.read_index(str(path / f"{m}.faiss")) for m in info["modalities"]}
+        names = ["items.parquet"] + [f"{m}.faiss" for m in info.get("modalities", [])]
+        for name in names:
+            f = path / name
+            if not f.is_file():
+                raise CatalogueIndexError(f"{f} is missing; {rebuild}")
+            want = info.get("files", {}).get(name)  # indexes written before checksums: none
+            if want is not None and _file_sha256(f) != want:
+                raise CatalogueIndexError(
+                    f"{f} is damaged (its SHA-256 differs from index.json's); {rebuild}"
+                )
+        try:
+            items = pd.read_parquet(path / "items.parquet")
+        except Exception as e:  # pyarrow raises several unrelated types
+            raise CatalogueIndexError(
+                f"{path / 'items.parquet'} is unreadable ({e}); {rebuild}"
+            ) from None
+        indexes = {}
+        for m in info["modalities"]:
+            try:
+                indexes[m] = faiss.read_index(str(path / f"{m}.faiss"))
+            except Exception as e:  # FAISS raises RuntimeError with its C++ message
+                raise CatalogueIndexError(
+                    f"{path / f'{m}.faiss'} is unreadable ({_faiss_msg(e)}); {rebuild}"
+                ) from None
+            if indexes[m].d != info.get("dim"):
+                raise CatalogueIndexError(
+                    f"{path / f'{m}.faiss'} holds {indexes[m].d}-dim vectors but index.json "
+                    f"says {info.get('dim')}; {rebuild}"
+                )
         params = info.get("search_params", "") if search_params is None else search_params
         for ix in indexes.values():
             _apply_search_params(ix, params)
         return cls(indexes, items, info)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _merge_best(

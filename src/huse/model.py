@@ -36,6 +36,7 @@ class ModelConfig:
         image_layers: hidden layers of the image tower (paper: 5).
         text_layers: hidden layers of the text tower (paper: 2).
         dropout: dropout after each hidden layer (paper: 0.15).
+        input_dropout: dropout on the standardised backbone features (0 = paper).
         classifier: ``shared`` (one Linear(D, K) for both modalities, the paper),
             ``separate`` (one per modality), ``concat`` (the notebook's Linear(2D, K) on
             [image, text]) or ``none``.
@@ -55,6 +56,7 @@ class ModelConfig:
     image_layers: int = 5
     text_layers: int = 2
     dropout: float = 0.15
+    input_dropout: float = 0.0
     classifier: str = "shared"
     logit_scale: float = 1.0
     fusion_weight: float = 0.5
@@ -115,6 +117,7 @@ class HUSENet(nn.Module):
             cfg.image_dim, cfg.hidden, cfg.image_layers, cfg.embed_dim, cfg.dropout
         )
         self.text_tower = TextTower(cfg)
+        self.input_drop = nn.Dropout(cfg.input_dropout)
         k, d = cfg.num_classes, cfg.embed_dim
         self.classifier = self.text_classifier = None
         bias = not cfg.cosine_classifier
@@ -133,10 +136,12 @@ class HUSENet(nn.Module):
             getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-6).float())
 
     def embed_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_tower((x - self.image_mean) / self.image_std), dim=-1)
+        x = self.input_drop((x - self.image_mean) / self.image_std)
+        return F.normalize(self.image_tower(x), dim=-1)
 
     def embed_text(self, x: torch.Tensor, tfidf: torch.Tensor | None = None) -> torch.Tensor:
-        return F.normalize(self.text_tower((x - self.text_mean) / self.text_std, tfidf), dim=-1)
+        x = self.input_drop((x - self.text_mean) / self.text_std)
+        return F.normalize(self.text_tower(x, tfidf), dim=-1)
 
     def logits(
         self, image_emb: torch.Tensor | None, text_emb: torch.Tensor | None

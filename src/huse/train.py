@@ -1,17 +1,22 @@
 """The training loop, top to bottom: batches of cached features, the method's loss,
 validation each epoch, early stopping, a checkpoint every epoch and ``resume``.
 
-Under ``torchrun`` (WORLD_SIZE > 1) the net is wrapped in DistributedDataParallel and each
-rank takes its share of every batch; only rank 0 logs and writes.
+Under ``torchrun`` (WORLD_SIZE > 1) the net is wrapped in DistributedDataParallel, each
+rank embeds its share of every batch (a DistributedSampler) and the shares are gathered
+for the loss, so the pair losses see the whole batch; only rank 0 logs and writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import hashlib
 import io
+import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from huse._dist import broadcast_flag
+from huse._dist import all_reduce_mean, broadcast_flag, gather
 from huse._dist import setup as _dist_setup
 from huse._io import atomic_path, atomic_write_text
 from huse.evaluate import evaluate_net, summary_scores
@@ -52,6 +57,8 @@ def model_config(fs, cfg: TrainConfig) -> ModelConfig:
         num_classes=len(fs.hierarchy),
         embed_dim=cfg.embed_dim,
         dropout=cfg.dropout,
+        input_dropout=cfg.input_dropout,
+        image_layers=cfg.image_layers,
         classifier=get_method(cfg.method).classifier,
         logit_scale=cfg.logit_scale,
         cosine_classifier=cfg.cosine_classifier,
@@ -80,6 +87,197 @@ def _write_log(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _device(name: str, world: int) -> torch.device:
+    """The training device; under torchrun a bare ``cuda`` means this rank's GPU."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # set by _dist.setup
+    return device
+
+
+def _autocast(cfg: TrainConfig, device: torch.device, warn: bool = True):
+    """bf16 autocast on a CUDA device that has it; anywhere else float32, said once."""
+    if not cfg.bf16:
+        return contextlib.nullcontext()
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if warn:
+        warnings.warn(
+            f"bf16 mixed precision needs a CUDA device with bf16 support; training on "
+            f"{device} runs in float32 (drop --bf16, or pass --device cuda)",
+            stacklevel=3,
+        )
+    return contextlib.nullcontext()
+
+
+# Above this many train-split feature values the input statistics are accumulated in
+# blocks, so a large (memory-mapped) feature array is never copied whole.
+STATS_IN_ONE_GO = 2**26
+
+
+def _set_input_stats(net: HUSENet, fs, tr: np.ndarray) -> None:
+    if len(tr) * (fs.image.shape[1] + fs.text.shape[1]) <= STATS_IN_ONE_GO:
+        net.set_input_stats(fs.image[tr], fs.text[tr])  # the exact path of small sets
+        return
+    for name, x in (("image", fs.image), ("text", fs.text)):
+        mean, std = column_mean_std(x, tr)
+        getattr(net, f"{name}_mean").copy_(torch.from_numpy(mean).float())
+        getattr(net, f"{name}_std").copy_(torch.from_numpy(std + 1e-6).float())
+
+
+def column_mean_std(
+    x: np.ndarray, rows: np.ndarray, block: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and population std of ``x[rows]``, in float64 blocks (Chan et al.'s
+    pairwise update), holding one block of rows at a time."""
+    n, mean, m2 = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for s in range(0, len(rows), block):
+        xb = np.asarray(x[np.sort(rows[s : s + block])], dtype=np.float64)
+        nb, mb = len(xb), xb.mean(0)
+        m2b = ((xb - mb) ** 2).sum(0)
+        delta = mb - mean
+        tot = n + nb
+        mean = mean + delta * nb / tot
+        m2 = m2 + m2b + delta**2 * n * nb / tot
+        n = tot
+    return mean, np.sqrt(m2 / max(n, 1))
+
+
+def _average_grads(module: torch.nn.Module) -> None:
+    """Average the gradients of parameters DDP does not own (the loss's), across ranks."""
+    for p in module.parameters():
+        if p.grad is not None:
+            p.grad = all_reduce_mean(p.grad)
+
+
+# -- checkpoints ------------------------------------------------------------------------
+# Settings that may change between a run and its resume; any other difference is refused.
+RESUMABLE_SETTINGS = ("epochs", "patience", "min_epochs", "device", "bf16")
+CHECKPOINT_KEYS = ("net", "loss", "opt", "epoch", "best_score", "best_epoch", "bad", "history")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed with these settings; the message says why."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was set aside; training falls back to the previous one."""
+
+
+def _digest_update(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, np.ndarray):
+        h.update(f"A{obj.dtype}{obj.shape}".encode())
+        h.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode() + b":")
+            _digest_update(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj:
+            _digest_update(h, v)
+        h.update(b"]")
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def state_digest(state: dict) -> str:
+    """SHA-256 over a checkpoint's content (tensors by their bytes), its ``sha256`` aside."""
+    h = hashlib.sha256()
+    _digest_update(h, {k: v for k, v in state.items() if k != "sha256"})
+    return h.hexdigest()
+
+
+def data_fingerprint(fs) -> str:
+    """What a checkpoint was trained on: items, labels, split and feature shapes."""
+    h = hashlib.sha256()
+    for col in ("id", "label", "split"):
+        h.update("\x1f".join(map(str, fs.items[col].tolist())).encode("utf-8", "replace"))
+        h.update(b"\x1e")
+    h.update(repr((fs.image.shape, fs.text.shape, fs.tfidf.shape, len(fs.hierarchy))).encode())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` with its digest, atomically; the one before it becomes ``prev.pt``."""
+    state = dict(state)
+    state["sha256"] = state_digest(state)
+    if path.exists():
+        os.replace(path, path.with_name("prev.pt"))
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _read_checkpoint(path: Path) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict):
+        raise ValueError("not a huse checkpoint (not a dictionary)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"not a huse checkpoint (missing {missing})")
+    if "sha256" in state and state_digest(state) != state["sha256"]:
+        raise ValueError("sha256 checksum mismatch")
+    return state
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, data: str | None = None, *, rank: int = 0):
+    """The newest intact checkpoint of ``path`` and ``prev.pt`` beside it, or None.
+
+    A damaged one (truncated, unreadable, failed digest) is reported with its file name
+    as a ``CheckpointWarning``, renamed to ``*.damaged`` and skipped, so training resumes
+    from the one before it (or from scratch): only the lost epochs are recomputed.
+
+    Raises:
+        CheckpointError: the checkpoint was made with other settings or other data.
+    """
+    for p in (path, path.with_name("prev.pt")):
+        if not p.exists():
+            continue
+        try:
+            state = _read_checkpoint(p)
+        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError...
+            fallback = "prev.pt" if p == path else "no checkpoint: training starts over"
+            warnings.warn(
+                f"damaged checkpoint {p} ({type(e).__name__}: {str(e)[:200]}); set aside as "
+                f"{p.name}.damaged, resuming from {fallback}",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+            if rank == 0:
+                with contextlib.suppress(OSError):
+                    os.replace(p, p.with_name(p.name + ".damaged"))
+            continue
+        _check_resumable(p, state, cfg, data)
+        return state
+    return None
+
+
+def _check_resumable(path: Path, state: dict, cfg: TrainConfig, data: str | None) -> None:
+    saved, now = state.get("config") or {}, asdict(cfg)
+    diff = [
+        f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}"
+        for k in now
+        if k in saved and k not in RESUMABLE_SETTINGS and saved[k] != now[k]
+    ]
+    if diff:
+        raise CheckpointError(
+            f"{path} was made with other training settings ({'; '.join(diff)}). Resume with "
+            "the same settings, or train into a new --out folder (or delete "
+            f"{path.parent}) to start over."
+        )
+    if data is not None and state.get("data") not in (None, data):
+        raise CheckpointError(
+            f"{path} was trained on other data (items, classes, split or features differ). "
+            f"Train into a new --out folder, or delete {path.parent} to start over."
+        )
+
+
 def train(
     fs,
     cfg: TrainConfig,
@@ -106,12 +304,21 @@ def train(
     t_start = time.perf_counter()
     rank, world = _dist_setup()
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    device = _device(cfg.device, world)
+    amp = _autocast(cfg, device, warn=rank == 0)
     net = HUSENet(model_config(fs, cfg))
     tr = fs.split_indices("train")
     if len(tr) == 0:
         raise ValueError("the train split is empty: nothing to learn from")
-    net.set_input_stats(fs.image[tr], fs.text[tr])
+    _set_input_stats(net, fs, tr)
+    # Each rank takes every world-th item of one shared, seeded permutation per epoch; its
+    # batches of batch_size // world gathered across ranks are exactly the global batches
+    # of one process (world = 1 gives today's order: randperm seeded seed·100003 + epoch).
+    sampler = torch.utils.data.DistributedSampler(
+        range(len(tr)), num_replicas=world, rank=rank, shuffle=True,
+        seed=cfg.seed * 100003, drop_last=True,
+    )  # fmt: skip
+    per_rank = max(1, cfg.batch_size // world)
     loss_fn = get_method(cfg.method).build_loss(cfg, graph, class_emb)
     net.to(device)
     loss_fn.to(device)
@@ -126,10 +333,12 @@ def train(
     history: list[dict] = []
     start_epoch, best_score, best_epoch, bad = 0, -np.inf, 0, 0
     best_state = copy.deepcopy(net.state_dict())
-    if resume and ckpt is not None and ckpt.exists():
-        # On the CPU: the RNG states must stay CPU byte tensors; weights and optimizer
-        # state are copied onto the device by load_state_dict.
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    data_fp = data_fingerprint(fs) if out is not None else None
+    # On the CPU: the RNG states must stay CPU byte tensors; weights and optimizer state
+    # are copied onto the device by load_state_dict.
+    state = load_checkpoint(ckpt, cfg, data_fp, rank=rank) if resume and ckpt else None
+    done_early = False
+    if state is not None:
         net.load_state_dict(state["net"])
         loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["opt"])
@@ -139,6 +348,9 @@ def train(
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
+        # A run that had already stopped early stays stopped: another epoch would differ
+        # from the uninterrupted run.
+        done_early = bad >= cfg.patience and start_epoch >= cfg.min_epochs
     labels_all = torch.from_numpy(np.array(fs.labels))
     writer = None
     if out is not None and rank == 0:
@@ -149,9 +361,9 @@ def train(
         except Exception:  # tensorboard is optional
             writer = None
 
-    stopped = "epoch_cap"
+    stopped = "early_stopping" if done_early else "epoch_cap"
     bar = tqdm(
-        range(start_epoch, cfg.epochs),
+        range(start_epoch, start_epoch if done_early else cfg.epochs),
         initial=start_epoch,
         total=cfg.epochs,
         desc=f"train {cfg.method}",
@@ -164,27 +376,33 @@ def train(
         t0 = time.perf_counter()
         model.train()
         loss_fn.train()
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        perm = tr[torch.randperm(len(tr), generator=g).numpy()]
+        sampler.set_epoch(epoch)
+        mine = tr[np.fromiter(iter(sampler), dtype=np.int64, count=sampler.num_samples)]
         sums: dict[str, float] = {}
         n_batches = 0
-        for s in range(0, len(perm), cfg.batch_size):
-            full = perm[s : s + cfg.batch_size]
-            if len(full) < world:  # every rank must step together, or DDP waits forever
-                continue
-            b = full[rank::world]
+        # Every rank holds num_samples items, so all take the same number of steps.
+        for s in range(0, len(mine), per_rank):
+            b = mine[s : s + per_rank]
             x_i = torch.from_numpy(fs.image[b]).float().to(device)
             x_t = torch.from_numpy(fs.text[b]).float().to(device)
             tf = csr_to_torch(fs.tfidf[b]).to(device) if net.cfg.tfidf_dim else None
             y = labels_all[b].to(device)
-            ie, te, li, lt, lj = model(x_i, x_t, tf)
+            with amp:
+                out_ = model(x_i, x_t, tf)
+            # The losses in float32: the graph loss compares cosine distances to a margin.
+            ie, te, li, lt, lj = (None if o is None else o.float() for o in out_)
+            if world > 1:  # the loss sees the whole global batch, as one process would
+                ie, te, y = gather(ie), gather(te), gather(y)
+                li, lt, lj = (None if o is None else gather(o) for o in (li, lt, lj))
             if lj is not None:  # joint classifier: the same logits stand for both
                 li = lt = lj
             if li is None:
-                li = lt = ie.new_zeros((len(b), net.cfg.num_classes))
+                li = lt = ie.new_zeros((len(ie), net.cfg.num_classes))
             loss, terms = loss_fn(ie, te, li, lt, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                _average_grads(loss_fn)
             opt.step()
             n_batches += 1
             for k, v in terms.items():
@@ -240,9 +458,9 @@ def train(
                 # Dropout on a GPU draws from the device's generator, not the CPU one.
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "config": asdict(cfg),
+                "data": data_fp,
             }
-            with atomic_path(ckpt) as tmp:
-                torch.save(state, tmp)
+            save_checkpoint(ckpt, state)
         if broadcast_flag(bad >= cfg.patience and epoch + 1 >= cfg.min_epochs):
             stopped = "early_stopping"
             break

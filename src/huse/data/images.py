@@ -6,10 +6,14 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# PIL raises DecompressionBombError past 2× this; we apply our own limit instead.
-DEFAULT_MAX_PIXELS = 180_000_000
+# Pillow refuses, while opening, any image over 2 × Image.MAX_IMAGE_PIXELS (178,956,970
+# pixels by default) with DecompressionBombError; our own limit is checked right after
+# opening, from the header. The default sits just under Pillow's, so it is the one that
+# takes effect; a larger ``max_pixels`` is capped at Pillow's (see ``effective_max_pixels``).
+DEFAULT_MAX_PIXELS = 178_000_000
 DEFAULT_MAX_SIDE = 1024
 
 
@@ -17,7 +21,13 @@ class ImageError(ValueError):
     """An image that cannot be used; the message is the reason shown to the user."""
 
 
-def _open(source: str | Path | bytes) -> Image.Image:
+def effective_max_pixels(max_pixels: int) -> int:
+    """``max_pixels`` capped at Pillow's own hard limit, which refuses images first."""
+    pil = Image.MAX_IMAGE_PIXELS
+    return max_pixels if pil is None else min(max_pixels, 2 * int(pil))
+
+
+def _open(source: str | Path | bytes, max_pixels: int) -> Image.Image:
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         with warnings.catch_warnings():
@@ -30,11 +40,16 @@ def _open(source: str | Path | bytes) -> Image.Image:
     except PermissionError as e:
         raise ImageError("image file not readable (permission denied)") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"image too large (decompression bomb guard): {e}") from e
+        raise ImageError(
+            f"image too large: more than limit {effective_max_pixels(max_pixels):,} pixels "
+            f"(Pillow's decompression bomb guard: {e})"
+        ) from e
     except UnidentifiedImageError as e:
         raise ImageError("not an image (unrecognised format)") from e
     except OSError as e:
         raise ImageError(f"unreadable image: {e}") from e
+    except Exception as e:  # a malformed header can raise almost anything from a plugin
+        raise ImageError(f"corrupt image header: {type(e).__name__}: {e}") from e
 
 
 def load_image(
@@ -53,8 +68,9 @@ def load_image(
 
     Raises:
         ImageError: missing, unreadable, truncated, not an image, or over the pixel limit.
+            Nothing else: any failure of a decoder on a malformed file becomes this.
     """
-    img = _open(source)
+    img = _open(source, max_pixels)
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError("image has zero size")
@@ -67,7 +83,9 @@ def load_image(
         if max(img.size) > max_side:
             # reduce() and thumbnail() take no palette images: expand them first, keeping
             # transparency so it can still be composited on white.
-            if img.mode not in ("RGB", "RGBA", "L", "LA"):
+            if img.mode.startswith("I;16"):  # lossless; reduce() takes I but not I;16
+                img = img.convert("I")
+            if img.mode not in ("RGB", "RGBA", "L", "LA", "I", "F"):
                 has_alpha = img.mode in ("PA", "La") or "transparency" in img.info
                 img = img.convert("RGBA" if has_alpha else "RGB")
             # reduce() first: an integer box filter that is cheap on huge images.
@@ -83,10 +101,31 @@ def load_image(
         if "truncated" in msg.lower() or "broken data stream" in msg.lower():
             raise ImageError(f"truncated or corrupt image: {msg}") from e
         raise ImageError(f"corrupt image: {msg}") from e
+    except MemoryError as e:
+        raise ImageError("image too large to decode in memory") from e
+    except Exception as e:  # decoders of malformed files: struct.error, IndexError...
+        raise ImageError(f"corrupt image: {type(e).__name__}: {e}") from e
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale to 8-bit L by scaling, not clipping
+    (Pillow's own conversion clips, turning most 16-bit pictures white)."""
+    a = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        top = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
+    elif img.mode.startswith("I;16"):
+        top = 65535.0
+    else:  # "I": 16-bit files open as I; other ranges by their maximum
+        peak = float(a.max()) if a.size else 0.0
+        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    a = np.nan_to_num(a, nan=0.0) * (255.0 / top)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
 def to_rgb_on_white(img: Image.Image) -> Image.Image:
     """Any mode to RGB; transparent pixels become white rather than black."""
+    if img.mode == "F" or img.mode == "I" or img.mode.startswith("I;16"):
+        img = _to_8bit(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):

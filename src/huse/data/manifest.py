@@ -18,6 +18,8 @@ import pandas as pd
 from huse.data.text import has_letters, normalize_text
 
 SPLITS = ("train", "val", "test")
+# Python's csv module refuses fields over 128 KiB by default; a long text is still a text.
+MAX_CSV_FIELD = 64 * 1024 * 1024
 
 
 class ManifestError(ValueError):
@@ -82,6 +84,7 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict | None, s
     rows: list[tuple[int, dict | None, str]] = []
     if suffix in (".csv", ".tsv"):
         delim = "\t" if suffix == ".tsv" else ","
+        old_limit = csv.field_size_limit(MAX_CSV_FIELD)
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:
                 reader = csv.reader(f, delimiter=delim)
@@ -89,7 +92,16 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict | None, s
                 if header is None:
                     raise ManifestError(f"{path}: the file is empty; expected a header row")
                 header = [h.strip() for h in header]
-                for i, values in enumerate(reader, start=1):
+                i = 0
+                while True:
+                    i += 1
+                    try:
+                        values = next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as e:  # a NUL byte, an oversized field: this row only
+                        rows.append((i, None, f"malformed CSV row: {e}"))
+                        continue
                     if not values or all(not v.strip() for v in values):
                         continue
                     if len(values) != len(header):
@@ -106,6 +118,8 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict | None, s
             raise ManifestError(f"{path}: not UTF-8 text ({e}); save the CSV as UTF-8") from e
         except csv.Error as e:
             raise ManifestError(f"{path}: CSV parse error: {e}") from e
+        finally:
+            csv.field_size_limit(old_limit)
         return header, rows
     if suffix in (".jsonl", ".ndjson"):
         columns: dict[str, None] = {}
@@ -118,6 +132,9 @@ def _read_records(path: Path) -> tuple[list[str], list[tuple[int, dict | None, s
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         rows.append((i, None, f"malformed JSON: {e.msg}"))
+                        continue
+                    except (ValueError, RecursionError) as e:  # a 5000-digit number, deep nesting
+                        rows.append((i, None, f"malformed JSON: {type(e).__name__}: {e}"))
                         continue
                     if not isinstance(rec, dict):
                         rows.append((i, None, "malformed row: not a JSON object"))
@@ -150,6 +167,26 @@ def _as_str(value: object) -> str | None:
     return None
 
 
+def _bad_unicode(value: str) -> bool:
+    """Lone surrogates (JSON's "\\ud800") decode but cannot be written as UTF-8 later."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _id_of(value: object, row: int) -> tuple[str, str]:
+    """(the id, or the row number when there is none; the reason it is unusable, or "")."""
+    try:
+        rid = str(value).strip() if value is not None else ""
+    except ValueError as e:  # str() of a 5000-digit integer
+        return str(row), f"id not usable: {e}"
+    if _bad_unicode(rid):
+        return str(row), "id is not valid Unicode (a lone surrogate)"
+    return rid or str(row), ""
+
+
 def read_manifest(path: str | Path, config: ManifestConfig | None = None) -> Manifest:
     """Read and validate a manifest file.
 
@@ -162,6 +199,8 @@ def read_manifest(path: str | Path, config: ManifestConfig | None = None) -> Man
         ManifestError: the file is missing or unreadable, or a required column is absent.
     """
     config = config or ManifestConfig()
+    if not config.sep:
+        raise ManifestError("the class path separator (--sep) must not be empty")
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found")
@@ -195,18 +234,28 @@ def read_manifest(path: str | Path, config: ManifestConfig | None = None) -> Man
         if rec is None:
             skipped.append(Skipped(row, "", "", error))
             continue
-        rid = rec.get(config.id_col) if has_id else None
-        rid = str(rid).strip() if rid is not None and str(rid).strip() else str(row)
+        rid, id_error = _id_of(rec.get(config.id_col) if has_id else None, row)
 
         def skip(column: str, reason: str, _row=row, _rid=rid) -> None:
             skipped.append(Skipped(_row, _rid, column, reason))
 
+        if id_error:
+            skip(config.id_col, id_error)
+            continue
         if rid in seen:
             skip(config.id_col, f"duplicate id (first seen at row {seen[rid]})")
             continue
         text = _as_str(rec.get(config.text_col))
         if text is None:
             skip(config.text_col, "text is missing or not a string")
+            continue
+        bad = [
+            col
+            for col in (config.text_col, config.classes_col, config.image_col, config.split_col)
+            if isinstance(rec.get(col), str) and _bad_unicode(rec[col])
+        ]
+        if bad:
+            skip(bad[0], "not valid Unicode (a lone surrogate)")
             continue
         text = normalize_text(text)
         if not text:
@@ -230,10 +279,15 @@ def read_manifest(path: str | Path, config: ManifestConfig | None = None) -> Man
         if not image:
             skip(config.image_col, "empty image path")
             continue
-        image_path = Path(image).expanduser()
-        if not image_path.is_absolute():
-            image_path = base / image_path
-        if not image_path.is_file():
+        try:
+            image_path = Path(image).expanduser()  # "~nobody/x.png": RuntimeError
+            if not image_path.is_absolute():
+                image_path = base / image_path
+            found = image_path.is_file()
+        except (OSError, ValueError, RuntimeError) as e:  # a name too long, an unknown ~user
+            skip(config.image_col, f"image path not usable: {type(e).__name__}: {e}"[:300])
+            continue
+        if not found:
             skip(config.image_col, f"image file not found: {image_path}")
             continue
         item = {"row": row, "id": rid, "image": str(image_path), "text": text, "classes": classes}

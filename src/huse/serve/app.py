@@ -182,7 +182,10 @@ async def _parse_form(request: Request, body: bytes) -> dict:
             if key == "image":
                 if isinstance(value, str):
                     raise HTTPException(422, "the 'image' field must be a file upload")
-                out["image"] = (await value.read(), value.filename or "upload")
+                # The name is only echoed back: valid UTF-8, bounded.
+                name = (value.filename or "upload")[:200]
+                name = name.encode("utf-8", "replace").decode("utf-8", "replace")
+                out["image"] = (await value.read(), name)
             elif key in ("text", "item", "modality"):
                 out[key] = value if isinstance(value, str) else None
             elif key == "k":
@@ -239,6 +242,11 @@ def _validate(fields: dict, limits: Limits) -> SearchRequest:
         raise HTTPException(422, "invalid search request: " + "; ".join(msgs)) from None
     if req.k > limits.max_k:
         raise HTTPException(422, f"k must be at most {limits.max_k}, not {req.k}")
+    for name, value in (("text", req.text), ("item", req.item)):
+        try:
+            (value or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise HTTPException(422, f"{name} is not valid Unicode (a lone surrogate)") from None
     if req.text is not None:
         if len(req.text) > limits.max_text_chars:
             raise HTTPException(
@@ -411,7 +419,7 @@ def create_app(
             body = await _read_capped(request, FORM_OVERHEAD, "JSON body")
             try:
                 fields = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 raise HTTPException(400, "the body is not valid JSON") from None
             if not isinstance(fields, dict):
                 raise HTTPException(422, "the JSON body must be an object")
