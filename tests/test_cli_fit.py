@@ -182,3 +182,23 @@ def test_cli_feature_defaults_are_the_library_defaults():
     args = build_parser().parse_args(["extract", "m.csv", "--out", "o"])
     assert args.image_backbone == DataConfig.image_backbone == "efficientnet-lite2"
     assert args.text_backbone == DataConfig.text_backbone
+
+
+def test_cli_training_flags_reach_the_config():
+    from huse.cli import _train_config, build_parser
+
+    argv = ["train", "feats", "--out", "o", "--input-dropout", "0.1", "--dropout", "0.2"]
+    argv += ["--image-layers", "3", "--weight-decay", "0.01"]
+    cfg = _train_config(build_parser().parse_args(argv))
+    assert (cfg.input_dropout, cfg.dropout, cfg.image_layers, cfg.weight_decay) == (
+        0.1,
+        0.2,
+        3,
+        0.01,
+    )
+    default = _train_config(build_parser().parse_args(["train", "feats", "--out", "o"]))
+    assert (default.input_dropout, default.image_layers) == (0.5, 5)
+    paper = _train_config(
+        build_parser().parse_args(["train", "f", "--out", "o", "--preset", "paper"])
+    )
+    assert paper.input_dropout == 0.0

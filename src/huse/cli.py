@@ -120,6 +120,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         help="normalised classifier rows (class prototypes)",
     )
     g.add_argument("--embed-dim", type=int)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--dropout", type=float, help="dropout after each hidden tower layer")
+    g.add_argument(
+        "--input-dropout", type=float, help="dropout on the backbone features entering the towers"
+    )
+    g.add_argument("--image-layers", type=int, help="hidden layers of the image tower")
     g.add_argument("--patience", type=int)
     g.add_argument(
         "--bf16",
@@ -152,6 +158,10 @@ def _train_config(args: argparse.Namespace):
         fusion_weight=args.fusion_weight,
         cosine_classifier=args.cosine_classifier,
         embed_dim=args.embed_dim,
+        weight_decay=args.weight_decay,
+        dropout=args.dropout,
+        input_dropout=args.input_dropout,
+        image_layers=args.image_layers,
         patience=args.patience,
         seed=args.seed,
         device=args.device,
