@@ -421,3 +421,19 @@ def test_huse_loss_logs_xmodal_term_when_delta_set():
     assert "xmodal" not in terms0
     assert terms1["xmodal"] == pytest.approx(0.313262, abs=1e-5)
     assert t1.item() == pytest.approx(t0.item() + 2.0 * 0.313262, abs=1e-5)
+
+
+def test_gap_loss_with_a_text_teacher_moves_only_the_image():
+    """Same value as the paper's gap loss; the gradient reaches the image side only."""
+    torch.manual_seed(0)
+    img = torch.randn(5, 8, requires_grad=True)
+    txt = torch.randn(5, 8, requires_grad=True)
+    ref = GapLoss()(img, txt)
+    loss = GapLoss(detach_text=True)(img, txt)
+    pairs = list(zip(img.detach(), txt.detach()))
+    by_hand = sum(1 - float(torch.dot(a, b) / (a.norm() * b.norm())) for a, b in pairs) / 5
+    assert float(loss) == pytest.approx(by_hand, abs=1e-6)
+    assert float(loss) == pytest.approx(float(ref), abs=1e-7)
+    loss.backward()
+    assert txt.grad is None
+    assert img.grad is not None and float(img.grad.abs().sum()) > 0

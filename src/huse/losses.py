@@ -212,10 +212,20 @@ class GapLoss(nn.Module):
     """Cross-modal gap (Eq. 12): ``mean_n d(image_n, text_n)``.
 
     It PULLS each image onto its own text: 0 when they coincide, 1 when orthogonal.
+
+    Args:
+        detach_text: stop the gradient into the text side (beyond the paper): the text
+            embedding becomes a fixed target that only the image tower moves towards.
     """
+
+    def __init__(self, detach_text: bool = False) -> None:
+        super().__init__()
+        self.detach_text = bool(detach_text)
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         _check_pair(image_emb, text_emb, "GapLoss")
+        if self.detach_text:
+            text_emb = text_emb.detach()
         cos = (F.normalize(image_emb, dim=-1) * F.normalize(text_emb, dim=-1)).sum(dim=-1)
         return (1.0 - cos).mean()
 

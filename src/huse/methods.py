@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from huse.losses import (
+    GapLoss,
     HUSELoss,
     InfoNCELoss,
     NotebookGapLoss,
@@ -49,6 +50,7 @@ class TrainConfig:
         embed_dim: D.
         dropout: tower dropout.
         input_dropout: dropout on the backbone features entering the towers.
+        gap_text_teacher: the gap loss moves only the image (text embeddings detached).
         image_layers: hidden layers of the image tower (paper: 5).
         logit_scale: multiplies the classifier logits.
         cosine_classifier: classifier rows normalised (class prototypes on the sphere).
@@ -77,6 +79,7 @@ class TrainConfig:
     margin: float = 2.0
     delta: float = 0.0
     xmodal_temperature: float = 0.1
+    gap_text_teacher: bool = False
     graph_source: str = "names"
     hier_smoothing: float = 0.05
     label_smoothing: float = 0.0
@@ -198,6 +201,7 @@ def _huse(cfg, graph, class_emb):
         soft_targets=_soft(cfg, graph),
         delta=cfg.delta,
         xmodal_temperature=cfg.xmodal_temperature,
+        gap_loss=GapLoss(detach_text=cfg.gap_text_teacher),
     )
 
 
