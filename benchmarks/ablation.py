@@ -77,7 +77,6 @@ VARIANTS: dict[str, dict] = {
     "default minus gap (γ=0)": {"gamma": 0.0},
     "default minus graph (β=0)": {"beta": 0.0},
     "gap text teacher": {"gap_text_teacher": True},
-    "γ=0 (no gap)": {"gamma": 0.0},
     "hier τ=0.02": {"hier_smoothing": 0.02},
     "hier τ=0.03": {"hier_smoothing": 0.03},
     "input dropout 0.2": {"input_dropout": 0.2},

@@ -102,3 +102,17 @@ def _make_feature_set(
 def make_feature_set():
     """Builds a synthetic ``huse.dataset.FeatureSet`` (see ``_make_feature_set``)."""
     return _make_feature_set
+
+
+def _sibling_graph(hierarchy) -> np.ndarray:
+    # Siblings (same top-level group) at 0.3, strangers at 0.8.
+    groups = np.array([c.split("<")[0] for c in hierarchy.classes])
+    g = np.where(groups[:, None] == groups[None, :], 0.3, 0.8).astype(np.float32)
+    np.fill_diagonal(g, 0.0)
+    return g
+
+
+@pytest.fixture(scope="session")
+def sibling_graph():
+    """A K×K semantic graph for a hierarchy: siblings at 0.3, strangers at 0.8."""
+    return _sibling_graph

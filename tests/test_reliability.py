@@ -156,11 +156,8 @@ def fs(make_feature_set):
 
 
 @pytest.fixture(scope="module")
-def graph(fs):
-    groups = np.array([c.split("<")[0] for c in fs.hierarchy.classes])
-    g = np.where(groups[:, None] == groups[None, :], 0.3, 0.8).astype(np.float32)
-    np.fill_diagonal(g, 0.0)
-    return g
+def graph(fs, sibling_graph):
+    return sibling_graph(fs.hierarchy)
 
 
 def cfg(**kw):
