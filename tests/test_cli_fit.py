@@ -188,8 +188,10 @@ def test_cli_training_flags_reach_the_config():
     from huse.cli import _train_config, build_parser
 
     argv = ["train", "feats", "--out", "o", "--input-dropout", "0.1", "--dropout", "0.2"]
-    argv += ["--image-layers", "3", "--weight-decay", "0.01"]
+    argv += ["--image-layers", "3", "--weight-decay", "0.01", "--graph-scale", "1.5"]
+    argv += ["--graph-cross-only", "--gap-text-teacher"]
     cfg = _train_config(build_parser().parse_args(argv))
+    assert (cfg.graph_scale, cfg.graph_cross_only, cfg.gap_text_teacher) == (1.5, True, True)
     assert (cfg.input_dropout, cfg.dropout, cfg.image_layers, cfg.weight_decay) == (
         0.1,
         0.2,
@@ -198,6 +200,11 @@ def test_cli_training_flags_reach_the_config():
     )
     default = _train_config(build_parser().parse_args(["train", "feats", "--out", "o"]))
     assert (default.input_dropout, default.image_layers) == (0.5, 5)
+    assert (default.graph_scale, default.graph_cross_only, default.gap_text_teacher) == (
+        1.0,
+        False,
+        False,
+    )
     paper = _train_config(
         build_parser().parse_args(["train", "f", "--out", "o", "--preset", "paper"])
     )

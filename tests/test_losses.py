@@ -149,7 +149,21 @@ def test_graph_same_class_pairs_and_batch_of_one():
     assert loss_fn.active_fraction == pytest.approx(1.0)
 
 
-def test_graph_equals_brute_force():
+def _brute_graph(a, b, ya, yb, graph, margin):
+    """Σ over every (a_m, b_n) pair of σ·(D - A)², and the number of active pairs."""
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    total, active = 0.0, 0
+    for m in range(len(a)):
+        for n in range(len(b)):
+            dist, target = 1.0 - float(a[m] @ b[n]), float(graph[ya[m], yb[n]])
+            if target < margin and dist < margin:
+                total += (dist - target) ** 2
+                active += 1
+    return total, active
+
+
+@pytest.mark.parametrize("cross_only", [False, True])
+def test_graph_equals_brute_force(cross_only):
     torch.manual_seed(0)
     b, d, k = 5, 8, 4
     img, txt = torch.randn(b, d, dtype=torch.float64), torch.randn(b, d, dtype=torch.float64)
@@ -158,22 +172,30 @@ def test_graph_equals_brute_force():
     graph = 1.0 - names @ names.T
     graph.fill_diagonal_(0.0)
     margin = 1.0
-    loss_fn = SemanticGraphLoss(graph, margin)
+    loss_fn = SemanticGraphLoss(graph, margin, cross_only=cross_only)
     loss = loss_fn(img, txt, y)
 
-    u = [F.normalize(v, dim=0) for v in torch.cat([img, txt])]
-    yy = torch.cat([y, y]).tolist()
-    total, active = 0.0, 0
-    for m in range(2 * b):
-        for n in range(2 * b):
-            dist = 1.0 - float(u[m] @ u[n])
-            a = float(graph[yy[m], yy[n]])
-            if a < margin and dist < margin:
-                total += (dist - a) ** 2
-                active += 1
-    assert loss.item() == pytest.approx(total / (2 * b) ** 2, abs=1e-6)
-    assert loss_fn.active_fraction == pytest.approx(active / (2 * b) ** 2)
-    assert 0 < active < (2 * b) ** 2  # the data exercises both sides of σ
+    if cross_only:  # the B² image-text pairs
+        total, active = _brute_graph(img, txt, y, y, graph, margin)
+    else:  # all (2B)² pairs, as Eq. 9-10 write it
+        u, yy = torch.cat([img, txt]), torch.cat([y, y])
+        total, active = _brute_graph(u, u, yy, yy, graph, margin)
+    pairs = b * b if cross_only else (2 * b) ** 2
+    assert loss.item() == pytest.approx(total / pairs, abs=1e-6)
+    assert loss_fn.active_fraction == pytest.approx(active / pairs)
+    assert 0 < active < pairs  # the data exercises both sides of σ
+
+
+def test_graph_cross_only_hand():
+    # The MIXED batch, image-text pairs only: img = [(1,0), (0,1)], txt = [(.6,.8), (.8,.6)],
+    # y = [0, 1], A_01 = 0.3, ζ = 0.5.
+    #   (img0, txt0): D .4, A 0,  σ 1, .16      (img0, txt1): D .2, A .3, σ 1, .01
+    #   (img1, txt0): D .2, A .3, σ 1, .01      (img1, txt1): D .4, A 0,  σ 1, .16
+    # L = .34 / 2² = 0.085; every pair active.
+    loss_fn = SemanticGraphLoss(graph2(0.3), margin=0.5, cross_only=True)
+    loss = loss_fn(MIXED_IMG, MIXED_TXT, MIXED_Y)
+    assert loss.item() == pytest.approx(0.085, abs=1e-9)
+    assert loss_fn.active_fraction == pytest.approx(1.0)
 
 
 def test_graph_rejects_similarity_matrix():

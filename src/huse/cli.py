@@ -109,6 +109,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, help="gap loss weight")
     g.add_argument("--margin", type=float, help="graph loss margin ζ")
     g.add_argument("--graph-source", choices=["names", "tree", "mix"])
+    g.add_argument("--graph-scale", type=float, help="graph loss targets = min(2, scale * A)")
+    g.add_argument(
+        "--graph-cross-only",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="graph loss on image-text pairs only",
+    )
+    g.add_argument(
+        "--gap-text-teacher",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the gap loss moves only the image side",
+    )
     g.add_argument("--delta", type=float, help="class-level cross-modal contrastive weight")
     g.add_argument("--hier-smoothing", type=float)
     g.add_argument("--logit-scale", type=float)
@@ -152,6 +165,9 @@ def _train_config(args: argparse.Namespace):
         gamma=args.gamma,
         margin=args.margin,
         graph_source=args.graph_source,
+        graph_scale=args.graph_scale,
+        graph_cross_only=args.graph_cross_only,
+        gap_text_teacher=args.gap_text_teacher,
         delta=args.delta,
         hier_smoothing=args.hier_smoothing,
         logit_scale=args.logit_scale,

@@ -169,14 +169,17 @@ class SemanticGraphLoss(nn.Module):
         graph: K×K cosine-DISTANCE matrix between class-name embeddings, zero diagonal.
         margin: ζ > 0. Pairs whose class distance or embedding distance reaches ζ are
             left free, so only locally related classes are arranged by the graph.
+        cross_only: use only the B² image-text pairs (beyond the paper), normalised by
+            B²: the graph then arranges each modality against the other, not against itself.
 
     Attributes:
         active_fraction: share of the (2B)² pairs with σ = 1 in the last forward call
             (a float; ``None`` before the first call).
     """
 
-    def __init__(self, graph: Tensor, margin: float) -> None:
+    def __init__(self, graph: Tensor, margin: float, cross_only: bool = False) -> None:
         super().__init__()
+        self.cross_only = bool(cross_only)
         graph = _check_square(graph, "graph", "SemanticGraphLoss")
         diag = graph.diagonal().abs().max().item()
         if diag > _DIAG_ATOL:
@@ -198,14 +201,17 @@ class SemanticGraphLoss(nn.Module):
     def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor) -> Tensor:
         _check_pair(image_emb, text_emb, "SemanticGraphLoss")
         _check_labels(labels, image_emb.shape[0], "SemanticGraphLoss")
-        u = _stack(image_emb, text_emb)
-        y = torch.cat([labels, labels], dim=0)
-        dist = 1.0 - u @ u.T
-        target = self.graph.to(dtype=dist.dtype)[y[:, None], y[None, :]]
+        if self.cross_only:
+            a, b = F.normalize(image_emb, dim=-1), F.normalize(text_emb, dim=-1)
+            ya = yb = labels
+        else:
+            a = b = _stack(image_emb, text_emb)
+            ya = yb = torch.cat([labels, labels], dim=0)
+        dist = 1.0 - a @ b.T
+        target = self.graph.to(dtype=dist.dtype)[ya[:, None], yb[None, :]]
         sigma = (target < self.margin) & (dist < self.margin)
         self._active = sigma.detach().float().mean()
-        n = u.shape[0]
-        return (sigma * (dist - target).square()).sum() / (n * n)
+        return (sigma * (dist - target).square()).sum() / dist.numel()
 
 
 class GapLoss(nn.Module):
@@ -447,6 +453,7 @@ class HUSELoss(nn.Module):
         gap_loss: nn.Module | None = None,
         delta: float = 0.0,
         xmodal_temperature: float = 0.1,
+        graph_cross_only: bool = False,
     ) -> None:
         super().__init__()
         for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -457,7 +464,7 @@ class HUSELoss(nn.Module):
         if graph_loss is None and graph is not None:
             if margin is None:
                 raise ValueError("HUSELoss: a graph was given without margin (ζ); pass margin=")
-            graph_loss = SemanticGraphLoss(graph, margin)
+            graph_loss = SemanticGraphLoss(graph, margin, cross_only=graph_cross_only)
         if graph_loss is None and self.beta > 0:
             raise ValueError(
                 "HUSELoss: beta > 0 needs a graph (with margin) or a graph_loss module; "

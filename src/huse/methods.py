@@ -45,6 +45,9 @@ class TrainConfig:
         delta: weight of the class-level cross-modal contrastive loss (beyond the paper).
         xmodal_temperature: its temperature.
         graph_source: ``names`` (paper), ``tree`` or ``mix``.
+        graph_cross_only: the graph loss uses only image-text pairs (paper: all pairs).
+        graph_scale: the graph loss's target distances are ``min(2, graph_scale · A)``
+            (paper: 1). Hierarchy smoothing always uses the unscaled ``A``.
         hier_smoothing: 0 = one-hot targets; >0 = soft targets softmax(−A/τ) with this τ.
         label_smoothing: uniform label smoothing.
         embed_dim: D.
@@ -81,6 +84,8 @@ class TrainConfig:
     xmodal_temperature: float = 0.1
     gap_text_teacher: bool = False
     graph_source: str = "names"
+    graph_scale: float = 1.0
+    graph_cross_only: bool = False
     hier_smoothing: float = 0.05
     label_smoothing: float = 0.0
     embed_dim: int = 512
@@ -127,6 +132,8 @@ PRESETS: dict[str, dict] = {
         "cosine_classifier": False,
         "hier_smoothing": 0.0,
         "graph_source": "names",
+        "graph_scale": 1.0,
+        "graph_cross_only": False,
         "delta": 0.0,
         "margin": 0.5,
         "fusion_weight": 0.5,
@@ -183,6 +190,10 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float32)
 
 
+def _graph_targets(cfg: TrainConfig, graph: np.ndarray) -> torch.Tensor:
+    return _t(np.minimum(np.asarray(graph) * cfg.graph_scale, 2.0))
+
+
 def _soft(cfg: TrainConfig, graph: np.ndarray) -> torch.Tensor | None:
     if cfg.hier_smoothing > 0:
         return soft_targets_from_graph(_t(graph), cfg.hier_smoothing)
@@ -195,13 +206,14 @@ def _huse(cfg, graph, class_emb):
         cfg.alpha,
         cfg.beta,
         cfg.gamma,
-        _t(graph) if cfg.beta > 0 else None,
+        _graph_targets(cfg, graph) if cfg.beta > 0 else None,
         cfg.margin,
         label_smoothing=cfg.label_smoothing,
         soft_targets=_soft(cfg, graph),
         delta=cfg.delta,
         xmodal_temperature=cfg.xmodal_temperature,
         gap_loss=GapLoss(detach_text=cfg.gap_text_teacher),
+        graph_cross_only=cfg.graph_cross_only,
     )
 
 
