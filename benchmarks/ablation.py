@@ -85,6 +85,8 @@ VARIANTS: dict[str, dict] = {
     "γ=2": {"gamma": 2.0},
     "graph scale 1.33": {"graph_scale": 1.33},
     "graph scale 2": {"graph_scale": 2.0},
+    "EMA 0.99": {"ema_decay": 0.99},
+    "EMA 0.995": {"ema_decay": 0.995},
     "graph cross-modal pairs only": {"graph_cross_only": True},
     "graph cross-modal pairs only, scale 2": {"graph_cross_only": True, "graph_scale": 2.0},
     "dropout 0.3": {"dropout": 0.3},

@@ -189,8 +189,9 @@ def test_cli_training_flags_reach_the_config():
 
     argv = ["train", "feats", "--out", "o", "--input-dropout", "0.1", "--dropout", "0.2"]
     argv += ["--image-layers", "3", "--weight-decay", "0.01", "--graph-scale", "1.5"]
-    argv += ["--graph-cross-only", "--gap-text-teacher"]
+    argv += ["--graph-cross-only", "--gap-text-teacher", "--ema-decay", "0.99"]
     cfg = _train_config(build_parser().parse_args(argv))
+    assert cfg.ema_decay == 0.99
     assert (cfg.graph_scale, cfg.graph_cross_only, cfg.gap_text_teacher) == (1.5, True, True)
     assert (cfg.input_dropout, cfg.dropout, cfg.image_layers, cfg.weight_decay) == (
         0.1,

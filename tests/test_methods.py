@@ -24,7 +24,7 @@ def test_paper_preset_pins_every_beyond_paper_knob():
     cfg = resolve_config("huse", "paper")
     assert cfg.margin == 0.5 and cfg.logit_scale == 1.0 and cfg.hier_smoothing == 0.0
     assert cfg.input_dropout == 0.0 and cfg.delta == 0.0
-    assert cfg.graph_scale == 1.0 and cfg.graph_cross_only is False
+    assert cfg.graph_scale == 1.0 and cfg.graph_cross_only is False and cfg.ema_decay == 0.0
     assert set(PRESETS["paper"]) <= {f for f in TrainConfig.__dataclass_fields__}
 
 

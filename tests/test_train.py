@@ -8,6 +8,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from huse.methods import resolve_config
 from huse.train import train
@@ -139,6 +140,57 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, fs, graph, class_emb, meth
     assert last_a["epoch"] == last_b["epoch"] == 6
     assert_same_weights(last_a["net"], last_b["net"])  # the last weights
     assert_same_weights(last_a["loss"], last_b["loss"])
+
+
+def test_ema_returns_the_running_average_of_the_step_weights(fs, graph, class_emb):
+    # 80 train items, batch 24: 4 steps (the last of 8). With decay d the average is
+    # e1 = w1, e_k = d·e_(k-1) + (1 - d)·w_k; after one epoch that is the returned net.
+    steps: list[list[torch.Tensor]] = []
+    hook = register_optimizer_step_post_hook(
+        lambda opt, args, kwargs: steps.append(
+            [p.detach().clone() for g in opt.param_groups for p in g["params"]]
+        )
+    )
+    try:
+        plain = train(fs, cfg(epochs=1), graph, class_emb, progress=False)
+    finally:
+        hook.remove()
+    assert len(steps) == 4
+    d = 0.6
+    averaged = train(fs, cfg(epochs=1, ema_decay=d), graph, class_emb, progress=False)
+    names = [n for n, _ in plain.net.named_parameters()]
+    by_hand = steps[0][: len(names)]
+    for w in steps[1:]:
+        by_hand = [d * e + (1 - d) * x for e, x in zip(by_hand, w[: len(names)], strict=True)]
+    got = dict(averaged.net.named_parameters())
+    for name, e, last in zip(names, by_hand, steps[-1], strict=True):
+        assert torch.allclose(got[name], e, atol=1e-6), name
+        assert torch.equal(dict(plain.net.named_parameters())[name], last)  # raw = last step
+    assert not torch.allclose(got[names[0]], steps[-1][0])  # the average is not the last step
+
+
+def test_resume_with_ema_equals_an_uninterrupted_run(tmp_path, fs, graph, class_emb):
+    c = dict(ema_decay=0.9)
+    train(fs, cfg(epochs=3, **c), graph, class_emb, out=tmp_path / "a", progress=False)
+    resumed = train(
+        fs, cfg(epochs=6, **c), graph, class_emb, out=tmp_path / "a", resume=True, progress=False
+    )
+    whole = train(fs, cfg(epochs=6, **c), graph, class_emb, out=tmp_path / "b", progress=False)
+    assert without_seconds(resumed.history) == without_seconds(whole.history)
+    assert_same_weights(state(resumed.net), state(whole.net))
+
+
+def test_resume_with_ema_needs_averaged_weights(tmp_path, fs, graph, class_emb):
+    train(fs, cfg(epochs=2), graph, class_emb, out=tmp_path, progress=False)
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    state_ = torch.load(ckpt, weights_only=False)
+    state_["config"].pop("ema_decay")  # as written before the option existed
+    from huse.train import save_checkpoint
+
+    save_checkpoint(ckpt, state_)
+    with pytest.raises(ValueError, match="no averaged weights"):
+        train(fs, cfg(epochs=4, ema_decay=0.9), graph, class_emb, out=tmp_path, resume=True,
+              progress=False)  # fmt: skip
 
 
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path, fs, graph, class_emb):

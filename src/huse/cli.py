@@ -139,6 +139,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--input-dropout", type=float, help="dropout on the backbone features entering the towers"
     )
     g.add_argument("--image-layers", type=int, help="hidden layers of the image tower")
+    g.add_argument("--ema-decay", type=float, help="average the weights (e.g. 0.99); 0 = off")
     g.add_argument("--patience", type=int)
     g.add_argument(
         "--bf16",
@@ -178,6 +179,7 @@ def _train_config(args: argparse.Namespace):
         dropout=args.dropout,
         input_dropout=args.input_dropout,
         image_layers=args.image_layers,
+        ema_decay=args.ema_decay,
         patience=args.patience,
         seed=args.seed,
         device=args.device,

@@ -58,6 +58,9 @@ class TrainConfig:
         logit_scale: multiplies the classifier logits.
         cosine_classifier: classifier rows normalised (class prototypes on the sphere).
         fusion_weight: weight of the image softmax in the fused prediction.
+        ema_decay: > 0 keeps an exponential moving average of the weights with this decay
+            per step (beyond the paper); validation, early stopping and the saved model use
+            the average. 0 = off.
         patience: epochs without a better validation score before stopping.
         min_epochs: never stop before this many epochs.
         seed: seeds weights, batch order and dropout.
@@ -100,6 +103,7 @@ class TrainConfig:
     # Texts are the stronger modality here; the validation sweep favours 0.3.
     fusion_weight: float = 0.3
     cosine_classifier: bool = False
+    ema_decay: float = 0.0
     patience: int = 15
     min_epochs: int = 5
     seed: int = 0
@@ -140,6 +144,7 @@ PRESETS: dict[str, dict] = {
         "input_dropout": 0.0,
         "image_layers": 5,
         "dropout": 0.15,
+        "ema_decay": 0.0,
     },
 }
 

@@ -323,6 +323,13 @@ def train(
     net.to(device)
     loss_fn.to(device)
     opt = _optimizer(list(net.parameters()) + list(loss_fn.parameters()), cfg)
+    # Weights averaged along the trajectory (beyond the paper); the average, not the raw
+    # weights, is what validation scores, early stopping keeps and the run returns.
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
@@ -345,6 +352,13 @@ def train(
         start_epoch, best_score = state["epoch"], state["best_score"]
         best_epoch, bad, history = state["best_epoch"], state["bad"], state["history"]
         best_state = state["best_state"]
+        if ema is not None:
+            if state.get("ema") is None:
+                raise ValueError(
+                    f"{ckpt} holds no averaged weights (it was trained without ema_decay); "
+                    "resume with ema_decay 0 or start a new run"
+                )
+            ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -404,6 +418,8 @@ def train(
             if world > 1:
                 _average_grads(loss_fn)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
             n_batches += 1
             for k, v in terms.items():
                 if v is not None:
@@ -412,7 +428,7 @@ def train(
         row: dict = {"epoch": epoch + 1}
         row.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
         if has_val and rank == 0:
-            vm = evaluate_net(net, fs, "val")
+            vm = evaluate_net(ema.module if ema is not None else net, fs, "val")
             sc = summary_scores(vm)
             row.update(
                 {
@@ -431,7 +447,7 @@ def train(
         history.append(row)
         if score > best_score + 1e-6:
             best_score, best_epoch, bad = score, epoch + 1, 0
-            best_state = copy.deepcopy(net.state_dict())
+            best_state = copy.deepcopy((ema.module if ema is not None else net).state_dict())
         else:
             bad += 1
         bar.set_postfix(
@@ -454,6 +470,7 @@ def train(
                 "bad": bad,
                 "history": history,
                 "best_state": best_state,
+                "ema": ema.state_dict() if ema is not None else None,
                 "rng": torch.get_rng_state(),
                 # Dropout on a GPU draws from the device's generator, not the CPU one.
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
