@@ -117,6 +117,11 @@ def main() -> None:
         help="methods to run each variant with (baselines get the same overrides)",
     )
     ap.add_argument("--image-backbone", default=DataConfig.image_backbone)
+    ap.add_argument(
+        "--extra-image-backbone",
+        default=None,
+        help="concatenate this backbone's image features to the first's (an ensemble probe)",
+    )
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -125,6 +130,16 @@ def main() -> None:
     fs = build_feature_set(
         args.manifest, DataConfig(image_backbone=args.image_backbone), progress=True
     )
+    if args.extra_image_backbone:
+        extra = build_feature_set(
+            args.manifest, DataConfig(image_backbone=args.extra_image_backbone), progress=True
+        )
+        if not extra.items["id"].equals(fs.items["id"]):
+            raise SystemExit("the two backbones kept different items; cannot concatenate")
+        fs.image = np.hstack([np.asarray(fs.image), np.asarray(extra.image)])
+        print(
+            f"image features: {args.image_backbone} + {args.extra_image_backbone}, {fs.image.shape[1]}-d"
+        )
     val = fs.split_indices("val")
     print(f"{len(fs)} items, {len(fs.hierarchy)} classes; validation items: {len(val)}")
     results: dict[str, list[dict]] = {}
