@@ -173,7 +173,8 @@ class SemanticGraphLoss(nn.Module):
             B²: the graph then arranges each modality against the other, not against itself.
 
     Attributes:
-        active_fraction: share of the (2B)² pairs with σ = 1 in the last forward call
+        active_fraction: share of the pairs ((2B)², or B² with ``cross_only``) with σ = 1 in
+            the last forward call
             (a float; ``None`` before the first call).
     """
 
@@ -453,7 +454,6 @@ class HUSELoss(nn.Module):
         gap_loss: nn.Module | None = None,
         delta: float = 0.0,
         xmodal_temperature: float = 0.1,
-        graph_cross_only: bool = False,
     ) -> None:
         super().__init__()
         for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -464,7 +464,7 @@ class HUSELoss(nn.Module):
         if graph_loss is None and graph is not None:
             if margin is None:
                 raise ValueError("HUSELoss: a graph was given without margin (ζ); pass margin=")
-            graph_loss = SemanticGraphLoss(graph, margin, cross_only=graph_cross_only)
+            graph_loss = SemanticGraphLoss(graph, margin)
         if graph_loss is None and self.beta > 0:
             raise ValueError(
                 "HUSELoss: beta > 0 needs a graph (with margin) or a graph_loss module; "

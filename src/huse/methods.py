@@ -20,6 +20,7 @@ from huse.losses import (
     NotebookGapLoss,
     NotebookGraphLoss,
     ProjectionLoss,
+    SemanticGraphLoss,
     soft_targets_from_graph,
 )
 
@@ -195,8 +196,11 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=torch.float32)
 
 
-def _graph_targets(cfg: TrainConfig, graph: np.ndarray) -> torch.Tensor:
-    return _t(np.minimum(np.asarray(graph) * cfg.graph_scale, 2.0))
+def _graph_loss(cfg: TrainConfig, graph: np.ndarray) -> SemanticGraphLoss | None:
+    if cfg.beta <= 0:
+        return None
+    targets = _t(np.minimum(np.asarray(graph) * cfg.graph_scale, 2.0))
+    return SemanticGraphLoss(targets, cfg.margin, cross_only=cfg.graph_cross_only)
 
 
 def _soft(cfg: TrainConfig, graph: np.ndarray) -> torch.Tensor | None:
@@ -211,14 +215,12 @@ def _huse(cfg, graph, class_emb):
         cfg.alpha,
         cfg.beta,
         cfg.gamma,
-        _graph_targets(cfg, graph) if cfg.beta > 0 else None,
-        cfg.margin,
         label_smoothing=cfg.label_smoothing,
         soft_targets=_soft(cfg, graph),
         delta=cfg.delta,
         xmodal_temperature=cfg.xmodal_temperature,
+        graph_loss=_graph_loss(cfg, graph),
         gap_loss=GapLoss(detach_text=cfg.gap_text_teacher),
-        graph_cross_only=cfg.graph_cross_only,
     )
 
 

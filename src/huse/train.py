@@ -330,6 +330,7 @@ def train(
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    scored = ema.module if ema is not None else net
     model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
@@ -428,7 +429,7 @@ def train(
         row: dict = {"epoch": epoch + 1}
         row.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
         if has_val and rank == 0:
-            vm = evaluate_net(ema.module if ema is not None else net, fs, "val")
+            vm = evaluate_net(scored, fs, "val")
             sc = summary_scores(vm)
             row.update(
                 {
@@ -447,7 +448,7 @@ def train(
         history.append(row)
         if score > best_score + 1e-6:
             best_score, best_epoch, bad = score, epoch + 1, 0
-            best_state = copy.deepcopy((ema.module if ema is not None else net).state_dict())
+            best_state = copy.deepcopy(scored.state_dict())
         else:
             bad += 1
         bar.set_postfix(
