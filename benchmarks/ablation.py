@@ -4,8 +4,9 @@ Each variant changes one thing from a base configuration (loss terms on/off, mar
 loss weights, learning rate, logit scale, graph source, label smoothing, training
 length). The fusion weight is swept after training, on the same validation embeddings.
 For each run it prints the validation cross-modal R@1, mean HP@5, fusion accuracy, how
-many class pairs fall under ζ, the share of batch pairs the graph loss touches, and
-whether training converged (early stop) or hit the epoch cap.
+many class pairs fall under ζ, the share of batch pairs the graph loss touches,
+whether training converged (early stop) or hit the epoch cap, and the cross-modal R@1
+of ranking by the classifiers' posteriors instead of the embeddings (a bound check).
 
     python benchmarks/ablation.py --manifest OC/manifest_stripped.csv --seeds 0 1
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from huse.dataset import DataConfig, build_feature_set
-from huse.evaluate import embed, evaluate_net, softmax, summary_scores
+from huse.evaluate import embed, evaluate_net, softmax, space_metrics, summary_scores
 from huse.methods import resolve_config
 from huse.run import graph_for, graph_stats
 from huse.train import train
@@ -102,6 +103,21 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+# Temperatures on the logits for the posterior ranking (the softmax may be over-confident).
+POSTERIOR_TEMPERATURES = (1.0, 2.0)
+
+
+def posterior_cross_r1(li, lt, labels, hierarchy, temperature: float = 1.0) -> float:
+    """Cross-modal R@1 when the gallery is ranked by the chance that a gallery item shares
+    the query's class under the two classifiers, ``sum_c p_q(c) p_g(c)``: the best top-1
+    pick if the softmaxes were calibrated. If it is no higher than the embeddings' R@1, the
+    space already says all the classifiers know and no reshaping of it can do better."""
+    pi = softmax(li / temperature).astype(np.float32)
+    pt = softmax(lt / temperature).astype(np.float32)
+    r, _, _ = space_metrics(pi, pt, labels, hierarchy, directions=("i2t", "t2i"))
+    return (r["i2t"]["R@1"] + r["t2i"]["R@1"]) / 2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--manifest", required=True)
@@ -158,12 +174,14 @@ def main() -> None:
             m = evaluate_net(res.net, fs, "val")
             s = summary_scores(m)
             _, _, li, lt, _ = embed(res.net, fs, val)
-            fusion = {}
+            fusion, posterior = {}, {}
             if li is not None and lt is not None:
                 pi, pt = softmax(li), softmax(lt)
                 y = fs.labels[val]
                 for w in (0.0, 0.3, 0.5, 0.7, 1.0):
                     fusion[w] = float(((w * pi + (1 - w) * pt).argmax(1) == y).mean())
+                for t in POSTERIOR_TEMPERATURES:
+                    posterior[t] = posterior_cross_r1(li, lt, y, fs.hierarchy, t)
             row = {
                 **s,
                 "epochs": res.epochs_run,
@@ -173,21 +191,24 @@ def main() -> None:
                 "graph_active": res.graph_active,
                 "pairs_under_margin": graph_stats(graph, cfg.margin)["pairs_under_margin"],
                 "fusion_by_weight": fusion,
+                "posterior_cross_R@1": posterior,
             }
             results.setdefault(key, []).append(row)
             print(
                 f"{key:24s} seed {seed}: cross R@1 {s['cross_R@1']:.3f}  HP@5 {s['mean_HP@5']:.3f}  "
                 f"fusion {s['fusion'] or 0:.3f}  pairs<ζ {row['pairs_under_margin']:.2f}  "
                 f"active {row['graph_active'] if row['graph_active'] is None else round(row['graph_active'], 3)}  "
-                f"{res.epochs_run} ep ({res.stopped}, best {res.best_epoch})  {row['seconds']:.0f}s",
+                f"{res.epochs_run} ep ({res.stopped}, best {res.best_epoch})  {row['seconds']:.0f}s"
+                + "".join(f"  posterior R@1 T={t:g} {v:.3f}" for t, v in posterior.items()),
                 flush=True,
             )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(
-        "\n| variant | val cross R@1 | val mean HP@5 | val fusion acc | epochs (stop) | pairs<ζ | active |"
+        "\n| variant | val cross R@1 | val mean HP@5 | val fusion acc | epochs (stop) | pairs<ζ "
+        "| active | posterior R@1 (T=1 / 2) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
 
         def ms(k, rows=rows):
@@ -197,9 +218,15 @@ def main() -> None:
         stops = ",".join(sorted({r["stopped"][:5] for r in rows}))
         ep = np.mean([r["epochs"] for r in rows])
         act = [r["graph_active"] for r in rows if r["graph_active"] is not None]
+        post = " / ".join(
+            f"{np.mean([r['posterior_cross_R@1'][t] for r in rows]):.3f}"
+            for t in POSTERIOR_TEMPERATURES
+            if all(t in r["posterior_cross_R@1"] for r in rows)
+        )
         print(
             f"| {name} | {ms('cross_R@1')} | {ms('mean_HP@5')} | {ms('fusion')} | {ep:.0f} ({stops}) | "
-            f"{rows[0]['pairs_under_margin']:.2f} | {np.mean(act) if act else float('nan'):.3f} |"
+            f"{rows[0]['pairs_under_margin']:.2f} | {np.mean(act) if act else float('nan'):.3f} "
+            f"| {post or '—'} |"
         )
 
 
