@@ -69,19 +69,17 @@ def extract_views(fs, backbone: str, crops: int, path: Path, batch: int = 32) ->
     is_train = np.zeros(len(fs), bool)
     is_train[fs.split_indices("train")] = True
     rng = random.Random(0)
-    names = ["clean", "flip"] + [f"crop{c}" for c in range(crops)]
-    views = {k: np.full((len(fs), bb.dim), np.nan, np.float32) for k in names}
+    augment = {"clean": lambda im: im, "flip": ImageOps.mirror}
+    augment |= {f"crop{c}": lambda im: random_crop(im, rng) for c in range(crops)}
+    views = {k: np.full((len(fs), bb.dim), np.nan, np.float32) for k in augment}
     bar = tqdm(total=len(fs), desc="views", unit="img")
     for s in range(0, len(fs), batch):
         idx = np.arange(s, min(s + batch, len(fs)))
         imgs = [load_image(paths[i]) for i in idx]
-        for k in names:
+        for k, aug in augment.items():
             keep = idx if not k.startswith("crop") else idx[is_train[idx]]
             if not len(keep):
                 continue
-            aug = {"clean": lambda im: im, "flip": ImageOps.mirror}.get(
-                k, lambda im: random_crop(im, rng)
-            )
             x = torch.stack([bb.preprocess(aug(imgs[i - s])) for i in keep])
             views[k][keep] = bb.forward(x).numpy()
         bar.update(len(idx))
@@ -184,17 +182,19 @@ def main() -> None:
     ]
     tta = (views["clean"] + views["flip"]) / 2
     graphs: dict = {}
+    sampler = ViewSampler(train_views, tr, max_batch=0)
+    fs.image = sampler
     for method in args.methods:
         for seed in args.seeds:
             cfg = resolve_config(method, "default", seed=seed, epochs=args.epochs)
             if cfg.graph_source not in graphs:
                 graphs[cfg.graph_source] = graph_for(fs, cfg)
-            sampler = ViewSampler(train_views, tr, cfg.batch_size)
-            fs.image = sampler
+            sampler.max_batch = cfg.batch_size
             for sampled in (False, True):
                 sampler.sampling, sampler.rng = sampled, np.random.default_rng(seed)
                 t0 = time.perf_counter()
                 res = train(fs, cfg, *graphs[cfg.graph_source], progress=False)
+                seconds = time.perf_counter() - t0
                 sampler.sampling = False
                 for ev, feats in (("clean", views["clean"]), ("tta", tta)):
                     sampler.features = feats
@@ -203,7 +203,7 @@ def main() -> None:
                         **summary_scores(m),
                         "acc_image": m["classification"]["image"],
                         "epochs": res.epochs_run,
-                        "seconds": time.perf_counter() - t0,
+                        "seconds": seconds,
                     }
                     key = f"{method}, {'views' if sampled else 'clean'} training, {ev} eval"
                     result["towers"].setdefault(key, []).append(row)
@@ -214,7 +214,6 @@ def main() -> None:
                         flush=True,
                     )
                 sampler.features = views["clean"]
-            fs.image = views["clean"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print("\n| method, training, eval | val cross R@1 | val mean HP@5 | val image acc |")
