@@ -252,3 +252,25 @@ def test_evaluate_net_has_exactly_the_issue_keys(make_feature_set, classifier):
     for d in DIRECTIONS:
         assert set(sev[d]) == {"mistake_severity", "hdist@1", "hdist@5", "hdist@10"}
         assert all(v is None or v >= 0 for v in sev[d].values())
+
+
+@pytest.mark.parametrize("classifier", ["shared", "concat", "none"])
+def test_an_empty_split_gives_every_key_with_no_value(make_feature_set, classifier):
+    fs = make_feature_set()
+    net = HUSENet(
+        ModelConfig(image_dim=32, text_dim=48, tfidf_dim=fs.tfidf.shape[1], num_classes=10,
+                    embed_dim=16, hidden=32, classifier=classifier)
+    )  # fmt: skip
+    full = evaluate_net(net, fs, "test")
+    m = evaluate_net(net, fs, "no-such-split")
+    assert m["classification_mode"] == full["classification_mode"]
+
+    assert m.keys() == full.keys()
+    assert m["classification"] == {"image": None, "text": None, "fusion": None}
+    for part in ("retrieval", "hierarchical"):
+        assert m[part] == {d: dict.fromkeys(full[part][d]) for d in DIRECTIONS}
+    assert m["mistake_severity"] == dict.fromkeys(full["mistake_severity"])
+    assert summary_scores(m) == dict.fromkeys(("cross_R@1", "mean_HP@5", "mean_R@1", "fusion"))
+    raw = evaluate_raw(fs, "no-such-split")
+    assert raw["classification"] == {"image": None, "text": None, "fusion": None}
+    assert raw["retrieval"]["i2i"]["R@1"] is None

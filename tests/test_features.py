@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import time
+import tracemalloc
+import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +19,15 @@ import torch
 from PIL import Image
 
 from huse.features import (
+    DEFAULT_MAX_IMAGE_FILE_BYTES,
+    CacheWarning,
     ExtractStats,
     FeatureStore,
+    _shard_digest,
     content_key,
     extract_images,
     extract_texts,
+    hash_image_files,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,6 +222,133 @@ def test_texts_computed_once_per_distinct_text_and_resumed(tmp_path):
     assert stats2.texts_computed == 1
     np.testing.assert_array_equal(feats2[:5], feats)
     np.testing.assert_array_equal(feats2[5], [3, 14])
+
+
+# --- image files: streamed hashing, header and size checked first ----------------------
+
+
+def bytes_read() -> int:
+    """Bytes this process has read through read(2) so far (Linux)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+
+
+needs_proc_io = pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="Linux only")
+
+
+@needs_proc_io
+@pytest.mark.parametrize("limit", [DEFAULT_MAX_IMAGE_FILE_BYTES, 4 * 2**30])
+def test_huge_non_image_is_refused_without_reading_it(tmp_path, limit):
+    big = tmp_path / "huge.png"
+    with open(big, "wb") as f:
+        f.truncate(2 * 2**30)  # sparse: 2 GiB of zeros that take no disk
+    (good,) = colour_images(tmp_path / "img", 1)
+    hash_image_files([good, str(tmp_path / "warm-up")], "v")  # imports Pillow's plugins
+    tracemalloc.start()
+    t0, r0 = time.perf_counter(), bytes_read()
+    try:
+        keys, errors = hash_image_files([good, str(big)], "v", max_file_bytes=limit)
+        read = bytes_read() - r0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert keys[0] == content_key("v", Path(good).read_bytes()) and keys[1] is None
+    if limit == DEFAULT_MAX_IMAGE_FILE_BYTES:  # refused from its size, before any read
+        assert errors == {1: f"image file too large: {2 * 2**30:,} bytes > limit "
+                          f"{limit:,} bytes; shrink or re-encode the file, or raise the limit"}  # fmt: skip
+    else:  # under the limit: refused from its header
+        assert errors == {1: "not an image (unrecognised format)"}
+    assert read < 2 * 2**20, read  # the good image and a header, not 2 GiB
+    assert peak < 4 * 2**20, peak
+    assert time.perf_counter() - t0 < 5
+
+
+def test_streamed_key_equals_the_whole_bytes_key(tmp_path):
+    rng = np.random.default_rng(0)
+    big = tmp_path / "noise.png"  # ~3 MB: several 1 MiB blocks
+    Image.fromarray(rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)).save(big)
+    assert big.stat().st_size > 2 * 2**20
+    (small,) = colour_images(tmp_path / "img", 1)
+    keys, errors = hash_image_files([str(big), small], "mean-colour/v1")
+    assert errors == {}
+    assert keys == [content_key("mean-colour/v1", Path(p).read_bytes()) for p in (big, small)]
+    # A stable value too: existing caches keep their keys.
+    data = Path(small).read_bytes()
+    import hashlib
+
+    assert keys[1] == hashlib.sha256(b"mean-colour/v1\0" + data).hexdigest()
+
+
+def test_oversized_image_is_a_bad_row_and_pipes_are_refused(tmp_path):
+    paths = colour_images(tmp_path / "img", 2)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it to read would block forever
+    size = Path(paths[1]).stat().st_size
+    bb = MeanColour()
+    store = FeatureStore(tmp_path / "cache", bb.version)
+    with open(paths[1], "ab") as f:
+        f.write(b"\0" * 100)  # the same picture, a bigger file
+    feats, errors = extract_images(
+        [paths[0], paths[1], str(fifo)], bb, store, progress=False, max_file_bytes=size + 50
+    )
+    assert sorted(errors) == [1, 2]
+    assert errors[1].startswith(f"image file too large: {size + 100:,} bytes > limit")
+    assert errors[2] == "image path is not a regular file (a pipe, socket or device)"
+    np.testing.assert_allclose(feats, [[2, 0, 0], [0, 0, 0], [0, 0, 0]], atol=1e-6)
+
+
+# --- shards bound to their names ------------------------------------------------------
+
+
+def test_a_shard_replaced_by_another_valid_shard_is_reported_and_recomputed(tmp_path):
+    paths = colour_images(tmp_path / "img", 12)
+    cache = tmp_path / "cache"
+    bb = MeanColour()
+    reference, _ = extract_images(
+        paths, bb, FeatureStore(cache, bb.version), batch_size=4, progress=False
+    )
+    shards = sorted(FeatureStore(cache, bb.version).dir.glob("shard-*.npz"))
+    assert len(shards) == 3
+    victim, other = shards[:2]
+    with np.load(victim) as z:
+        lost = {str(k) for k in z["keys"]}
+    shutil.copy(other, victim)  # valid, digest and all, but another shard's content
+
+    bb2, stats = MeanColour(), ExtractStats()
+    with pytest.warns(CacheWarning, match=f"{victim.name}.*replaced"):
+        again, errors = extract_images(
+            paths, bb2, FeatureStore(cache, bb2.version), batch_size=4, progress=False,
+            stats=stats,
+        )  # fmt: skip
+    assert errors == {}
+    assert stats.damaged_shards == [str(victim)]
+    assert bb2.calls == [4] and len(lost) == 4  # the lost items, nothing else
+    np.testing.assert_allclose(again, reference, atol=1e-6)
+    assert victim.with_name(victim.name + ".damaged").exists()
+    bb3 = MeanColour()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        extract_images(paths, bb3, FeatureStore(cache, bb3.version), progress=False)
+    assert bb3.calls == []
+
+
+def test_shards_of_the_previous_version_are_still_read(tmp_path):
+    """Random names and no ``name`` member: what earlier versions wrote."""
+    store = FeatureStore(tmp_path, "toy/v1")
+    keys = np.asarray(["k1", "k2"], dtype="U64")
+    feats = np.arange(6, dtype=np.float32).reshape(2, 3)
+    old = store.dir / f"shard-{uuid.uuid4().hex}.npz"
+    np.savez(old, keys=keys, features=feats, sha256=np.asarray(_shard_digest(keys, feats)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        again = FeatureStore(tmp_path, "toy/v1")
+        np.testing.assert_array_equal(again.get(["k2", "k1"]), feats[::-1])
+    # But an old shard under a name only the new version writes was put there by hand.
+    new = store.put(["k3"], np.ones((1, 3)))
+    shutil.copy(old, new)
+    with pytest.warns(CacheWarning, match=new.name):
+        third = FeatureStore(tmp_path, "toy/v1")
+        assert "k3" not in third and "k1" in third
 
 
 # --- `huse extract` end to end, real backbones and real pictures ----------------------

@@ -12,6 +12,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
+from huse.errors import UnsafeOutputError  # noqa: E402
 from huse.index import (  # noqa: E402
     CatalogueIndex,
     CatalogueIndexError,
@@ -202,7 +203,7 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     (tmp_path / "index").mkdir()
     (tmp_path / "index" / "precious.txt").write_text("keep me")
     x = clustered(5, 8, 0)
-    with pytest.raises(CatalogueIndexError, match="not a huse index"):
+    with pytest.raises(UnsafeOutputError, match="not an index folder huse wrote"):
         build_index({"image": x, "text": x}, items(5)).save(tmp_path / "index")
     assert (tmp_path / "index" / "precious.txt").read_text() == "keep me"
 
@@ -214,7 +215,7 @@ def test_load_errors_are_clear(tmp_path, data):
     build_index({"image": x, "text": x}, items(5)).save(tmp_path / "index")
     info = json.loads((tmp_path / "index" / "index.json").read_text())
     (tmp_path / "index" / "index.json").write_text(json.dumps(info | {"format": 99}))
-    with pytest.raises(CatalogueIndexError, match="format 99"):
+    with pytest.raises(CatalogueIndexError, match="not a huse index: its format is 99"):
         load_index(tmp_path)
 
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from huse.errors import ConfigError
 from huse.methods import PRESETS, TrainConfig, get_method, list_methods, resolve_config
 
 GRAPH = np.array([[0.0, 0.3, 1.2], [0.3, 0.0, 0.9], [1.2, 0.9, 0.0]], dtype=np.float32)
@@ -29,12 +30,40 @@ def test_paper_preset_pins_every_beyond_paper_knob():
 
 
 def test_unknown_method_and_preset():
-    with pytest.raises(KeyError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown method"):
         resolve_config("nope")
-    with pytest.raises(KeyError, match="unknown preset"):
+    with pytest.raises(ConfigError, match="unknown preset"):
         resolve_config("huse", "nope")
-    with pytest.raises(KeyError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown method"):
         get_method("nope")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("lr", float("nan"), "lr nan: must be a finite number"),
+        ("lr", float("inf"), "lr inf: must be a finite number"),
+        ("lr", 0.0, "lr 0.0: greater than 0"),
+        ("batch_size", 0, "batch_size 0: at least 2"),
+        ("batch_size", 1, "batch_size 1: at least 2"),
+        ("epochs", 0, "epochs 0: at least 1"),
+        ("dropout", 1.0, "dropout 1.0: in [0, 1)"),
+        ("fusion_weight", 1.5, "fusion_weight 1.5: in [0, 1]"),
+        ("optimizer", "sgd", "optimizer 'sgd': one of adamw, rmsprop"),
+        ("ema_decay", 1.0, "ema_decay 1.0: in [0, 1)"),
+    ],
+)
+def test_settings_out_of_range_are_one_clear_error(field, value, said):
+    with pytest.raises(ConfigError) as e:
+        resolve_config("huse", **{field: value})
+    assert str(e.value) == f"invalid training settings: {said}" or said in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_every_preset_and_method_default_is_valid():
+    for preset in PRESETS:
+        for method in list_methods():
+            resolve_config(method, preset)  # raises ConfigError if a default is out of range
 
 
 def _graph_loss(**kw):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from torch import nn
 
 import huse
 from huse.data.text import TfidfFeatures
+from huse.errors import RunError
 from huse.model import HUSEModel, HUSENet, ModelConfig, ModelInfo, csr_to_torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,8 +321,120 @@ def test_load_accepts_a_run_folder_and_rejects_other_folders(tmp_path):
     model.save(tmp_path / "run" / "model", card="card")
     loaded = huse.load(tmp_path / "run")
     assert loaded.info == model.info
-    with pytest.raises(FileNotFoundError, match="not a huse model directory"):
+    with pytest.raises(RunError, match=r"nowhere does not exist"):
         huse.load(tmp_path / "nowhere")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(RunError, match=r"other: not a huse model directory \(no config.json\)"):
+        huse.load(tmp_path / "other")
+
+
+def _damage_truncate(d: Path) -> str:
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    return "model.safetensors"
+
+
+def _damage_config_json(d: Path) -> str:
+    (d / "config.json").write_text('{"model": {"image_dim": 12,', encoding="utf-8")
+    return "config.json"
+
+
+def _damage_config_key(d: Path) -> str:
+    raw = json.loads((d / "config.json").read_text())
+    del raw["model"]
+    (d / "config.json").write_text(json.dumps(raw))
+    return "config.json"
+
+
+def _damage_config_field(d: Path) -> str:
+    raw = json.loads((d / "config.json").read_text())
+    raw["model"]["no_such_setting"] = 1
+    (d / "config.json").write_text(json.dumps(raw))
+    return "config.json"
+
+
+def _damage_shape(d: Path) -> str:
+    raw = json.loads((d / "config.json").read_text())
+    raw["model"]["embed_dim"] = 8  # the weights are for 32
+    (d / "config.json").write_text(json.dumps(raw))
+    return "model.safetensors"
+
+
+def _damage_missing_weights(d: Path) -> str:
+    (d / "model.safetensors").unlink()
+    return "model.safetensors"
+
+
+def _damage_tfidf(d: Path) -> str:
+    (d / "tfidf.json").write_text("{}")
+    return "tfidf.json"
+
+
+def _damage_graph(d: Path) -> str:
+    (d / "graph.npy").write_bytes(b"\x93NUMPY nonsense")
+    return "graph.npy"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_damage_truncate, _damage_config_json, _damage_config_key, _damage_config_field,
+     _damage_shape, _damage_missing_weights, _damage_tfidf, _damage_graph],
+    ids=lambda f: f.__name__[8:],
+)  # fmt: skip
+def test_a_damaged_model_directory_names_the_file_and_the_fix(tmp_path, damage):
+    make_model().save(tmp_path / "m", card="card")
+    name = damage(tmp_path / "m")
+    with pytest.raises(RunError, match=rf"{name}.*huse fit") as e:
+        huse.load(tmp_path / "m")
+    assert str(tmp_path / "m" / name) in str(e.value)
+
+
+class _WritesMarker:
+    """Unpickling this writes a marker file: the proof that a pickle ran."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_loading_a_model_directory_never_unpickles(tmp_path):
+    make_model().save(tmp_path / "m", card="card")
+    marker = tmp_path / "marker"
+    bomb = _WritesMarker()
+    bomb.marker = str(marker)
+    # An object array in graph.npy is stored as a pickle; np.load must refuse it.
+    np.save(tmp_path / "m" / "graph.npy", np.array([bomb, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(RunError, match=r"graph\.npy is damaged"):
+        huse.load(tmp_path / "m")
+    assert not marker.exists()
+
+
+def test_saving_the_same_model_twice_writes_the_same_bytes(tmp_path):
+    from huse.index import model_fingerprint
+
+    model = make_model()
+    # Several saves: the safetensors metadata order used to vary from one save to the next.
+    for i in range(6):
+        model.save(tmp_path / f"m{i}", card="card")
+    names = sorted(p.name for p in (tmp_path / "m0").iterdir())
+    assert names == sorted(MODEL_FILES)
+    for i in range(1, 6):
+        assert sorted(p.name for p in (tmp_path / f"m{i}").iterdir()) == names
+        for n in names:
+            assert (tmp_path / f"m{i}" / n).read_bytes() == (tmp_path / "m0" / n).read_bytes(), n
+    assert len({model_fingerprint(tmp_path / f"m{i}") for i in range(6)}) == 1
+    # And another process (another hash seed) writes them too.
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1]]; import test_model as t; "
+        "t.make_model().save(sys.argv[2], card='card')"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "7"}
+    there = tmp_path / "there"
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(there)],
+                   check=True, env=env)  # fmt: skip
+    for n in names:
+        assert (there / n).read_bytes() == (tmp_path / "m0" / n).read_bytes(), n
 
 
 def test_empty_inputs_give_empty_arrays():

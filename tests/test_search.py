@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -125,12 +124,17 @@ def test_index_built_by_another_model_is_refused(tiny_run, tmp_path):
 
 # -- the CLI commands ------------------------------------------------------------------
 def run_cli(argv: list[str]) -> int:
-    from huse.cli_search import register
+    """The real entry point: a user mistake is a HuseError that ``main`` turns into exit 2."""
+    from huse.cli import main
 
-    parser = argparse.ArgumentParser(prog="huse")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert captured.out == "" and err.startswith("error: ") and "\n" not in err, captured
+    return err
 
 
 def test_cli_index_and_search(tiny_run, tmp_path, capsys):
@@ -171,3 +175,44 @@ def test_cli_errors_are_clear(tiny_run, tmp_path, capsys):
     argv = ["index", str(tiny_run), "--factory", "IVF4096,PQ16", "--out", str(tmp_path / "i")]
     assert run_cli([*argv, "--quiet"]) == 2
     assert "inverted lists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["<b></b>", "\u200b\u200b", "https://example.com/x"])
+def test_a_query_with_no_words_is_refused(searcher, tiny_run, capsys, text):
+    from huse.errors import QueryError
+
+    with pytest.raises(QueryError, match="empty query"):
+        searcher.search_text(text)
+    assert run_cli(["search", str(tiny_run), "--text", text]) == 2
+    assert "empty query" in one_error_line(capsys)
+    assert len(searcher.search_text(f"{text} bird", k=3)) == 3  # words beside junk: searched
+
+
+def test_cli_run_and_out_mistakes_are_one_line(tiny_run, tmp_path, capsys):
+    assert run_cli(["search", str(tmp_path / "nope"), "--text", "a bird"]) == 2
+    assert "no such run folder" in one_error_line(capsys)
+    assert run_cli(["index", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert "no such run folder" in one_error_line(capsys)
+
+    # The issue's reproduction: a folder with any index.json was deleted whole.
+    v = tmp_path / "v"
+    v.mkdir()
+    (v / "index.json").write_text("{}")
+    (v / "precious.txt").write_text("x\n")
+    assert run_cli(["index", str(tiny_run), "--out", str(v), "--quiet"]) == 2
+    assert "remove it by hand" in one_error_line(capsys)
+    assert sorted(p.name for p in v.iterdir()) == ["index.json", "precious.txt"]
+    assert (v / "precious.txt").read_text() == "x\n"
+
+    f = tmp_path / "file.txt"
+    f.write_text("data")
+    for out in (f, f / "index"):
+        assert run_cli(["index", str(tiny_run), "--out", str(out), "--quiet"]) == 2
+        assert "is a file" in one_error_line(capsys)
+    assert f.read_text() == "data"
+
+    argv = ["index", str(tiny_run), "--factory", "Nonsense123", "--out", str(tmp_path / "i")]
+    assert run_cli([*argv, "--quiet"]) == 2
+    err = one_error_line(capsys)
+    assert "could not parse" in err and "PQ" not in err
+    assert not (tmp_path / "i").exists()

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from huse.errors import DataError
 from huse.methods import resolve_config
-from huse.train import train
+from huse.train import SplitWarning, train
 
 K = 10  # classes of the synthetic feature set
 METHODS = ["huse", "shared", "separate", "contrastive", "huse-p", "notebook"]
@@ -215,8 +216,16 @@ def test_train_log_has_one_row_per_epoch_with_the_loss_terms(tmp_path, fs, graph
 
 def test_empty_train_split_is_an_error(make_feature_set, graph):
     fs = make_feature_set(per_class=4, split=(0, 2, 2))
-    with pytest.raises(ValueError, match="train split is empty"):
+    with pytest.raises(DataError, match=r"train split is empty \(20 val, 20 test items\)"):
         train(fs, cfg(), graph, progress=False)
+
+
+def test_a_missing_validation_split_warns_and_trains_to_the_cap(make_feature_set, graph):
+    fs = make_feature_set(per_class=6, split=(0, 0, 2))
+    with pytest.warns(SplitWarning, match="validation split has 0 items"):
+        r = train(fs, cfg(epochs=3), graph, progress=False)
+    assert (r.epochs_run, r.stopped) == (3, "epoch_cap")
+    assert all("val_score" not in row for row in r.history)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -39,3 +39,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """``path`` as a folder huse may create or write into; raises before any work is done.
+
+    Raises:
+        UnsafeOutputError: ``path``, or a folder above it, exists and is not a folder.
+    """
+    from huse.errors import UnsafeOutputError
+
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == path else f"lies under the file {p}"
+            raise UnsafeOutputError(
+                f"{what} {path} {where}; give a folder path (huse never writes over a file "
+                "it did not make)"
+            )
+    return path

@@ -35,6 +35,7 @@ def model_card(metrics: dict, train_config: dict, data_config: dict) -> str:
     t = metrics.get("training", {})
     s = summary_scores(metrics)
     settings = "\n".join(f"| {k} | {v} |" for k, v in train_config.items())
+    notes = "".join(f"\n> Note: {n}.\n" for n in metrics.get("notes") or [])
     raw = metrics.get("raw_backbones")
     raw_md = (
         f"\n### Raw backbone features (no training)\n\n{metrics_markdown(raw)}\n" if raw else ""
@@ -74,7 +75,7 @@ margin at the end: {_f(t.get("graph_active"))}.
 ## Evaluation (test split)
 Headline: cross-modal R@1 {_f(s["cross_R@1"])} · mean HP@5 {_f(s["mean_HP@5"])} ·
 fusion accuracy {_f(s["fusion"])}.
-
+{notes}
 {metrics_markdown(metrics)}
 {raw_md}
 Mistake severity is a tree distance (edges between the true and the predicted class), not

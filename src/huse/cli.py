@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-from huse.data.manifest import ManifestConfig, ManifestError
+from huse._io import check_output_dir
+from huse.data.manifest import ManifestConfig
+from huse.errors import HuseError, UnsafeOutputError
 
 
 def _add_manifest_args(p: argparse.ArgumentParser) -> None:
@@ -17,6 +20,12 @@ def _add_manifest_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--id-col", default="id")
     g.add_argument("--split-col", default="split")
     g.add_argument("--sep", default="<", help="class path separator (default '<')")
+    g.add_argument(
+        "--max-text-chars",
+        type=int,
+        default=20_000,
+        help="longer texts are cut to this many characters, noted in notes.csv (default 20000)",
+    )
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -29,6 +38,24 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=0, help="image decoding processes")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="cpu")
+    g.add_argument(
+        "--image-fit",
+        choices=["pad", "crop"],
+        default=None,
+        help="pad: letterbox on white (default); crop: the model's own resize and crop",
+    )
+    g.add_argument(
+        "--text-pooling",
+        choices=["last4", "mean", "cls", "model"],
+        default=None,
+        help="hf: text backbones (default: model for CLIP/SigLIP, last4 otherwise)",
+    )
+    g.add_argument(
+        "--max-image-mb",
+        type=float,
+        default=256.0,
+        help="image files larger than this are skipped unread (default 256)",
+    )
 
 
 def _data_config(args: argparse.Namespace, cache_dir: str | None):
@@ -43,6 +70,7 @@ def _data_config(args: argparse.Namespace, cache_dir: str | None):
             id_col=args.id_col,
             split_col=args.split_col,
             sep=args.sep,
+            max_text_chars=args.max_text_chars,
         ),
         split=SplitConfig(seed=args.seed),
         image_backbone=args.image_backbone,
@@ -51,6 +79,9 @@ def _data_config(args: argparse.Namespace, cache_dir: str | None):
         num_workers=args.workers,
         cache_dir=cache_dir,
         device=args.device,
+        image_fit=args.image_fit,
+        text_pooling=args.text_pooling,
+        max_image_file_bytes=int(args.max_image_mb * 2**20),
     )
 
 
@@ -66,7 +97,7 @@ def _summary_skipped(fs, out: Path) -> str:
 def cmd_extract(args: argparse.Namespace) -> int:
     from huse.dataset import build_feature_set
 
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     cache = args.cache or str(out / "cache")
     config = _data_config(args, cache)
     from huse._dist import is_main, teardown
@@ -83,6 +114,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         f"{s['texts_computed']} texts, reused the rest from {cache}"
     )
     print(_summary_skipped(fs, out))
+    if s.get("texts_truncated"):
+        print(
+            f"{s['texts_truncated']} texts cut to {config.manifest.max_text_chars} characters; "
+            f"see {out / 'notes.csv'}"
+        )
     for shard in s.get("damaged_shards", []):
         print(f"damaged cache shard {shard}: set aside (*.damaged), its items recomputed")
     if s["train_only_classes"]:
@@ -188,7 +224,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def _print_metrics(m: dict, out: Path) -> None:
-    from huse.card import metrics_markdown
+    from huse.card import _f, metrics_markdown
 
     t = m.get("training", {})
     if t:
@@ -199,16 +235,18 @@ def _print_metrics(m: dict, out: Path) -> None:
     print(metrics_markdown(m))
     s = m["summary"]
     print(
-        f"cross-modal R@1 {s['cross_R@1']:.3f} · mean HP@5 {s['mean_HP@5']:.3f}"
-        + (f" · fusion accuracy {s['fusion']:.3f}" if s["fusion"] is not None else "")
+        f"cross-modal R@1 {_f(s['cross_R@1'])} · mean HP@5 {_f(s['mean_HP@5'])}"
+        + (f" · fusion accuracy {_f(s['fusion'])}" if s["fusion"] is not None else "")
     )
+    for note in m.get("notes", []):
+        print(f"note: {note}")
     print(f"metrics: {out / 'metrics.json'}  model: {out / 'model'}")
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from huse.run import fit
 
-    out = Path(args.out)
+    out = check_output_dir(args.out)
     cache = args.features
     data_cfg = _data_config(args, cache)
     m = fit(
@@ -233,9 +271,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from huse.dataset import FeatureSet
     from huse.run import fit
 
+    out = check_output_dir(args.out)
     fs = FeatureSet.load(args.features)
     manifest = _json.loads((Path(args.features) / "extract_stats.json").read_text())["manifest"]
-    out = Path(args.out)
     m = fit(
         manifest,
         out,
@@ -259,8 +297,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from huse.run import evaluate_run
 
     run = Path(args.run)
-    m = evaluate_run(run, args.manifest, progress=not args.quiet)
     target = Path(args.out) if args.out else run / "eval_metrics.json"
+    if args.manifest and target.exists() and Path(args.manifest).resolve() == target.resolve():
+        raise UnsafeOutputError(
+            f"--out {target} is the manifest; give another metrics file (huse never writes "
+            "over its input)"
+        )
+    check_output_dir(target.parent)
+    m = evaluate_run(run, args.manifest, progress=not args.quiet)
     atomic_write_text(target, _json.dumps(m, indent=2))
     from huse.card import metrics_markdown
 
@@ -334,10 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_data_openclipart)
 
-    from huse import cli_report, cli_search
+    from huse import cli_backbones, cli_report, cli_search
 
     cli_search.register(sub)
     cli_report.register(sub)
+    cli_backbones.register(sub)
     return parser
 
 
@@ -365,34 +410,36 @@ def _version() -> str:
         return "unknown"
 
 
-def _is_user_error(e: Exception) -> bool:
-    """Errors whose message already says what is wrong and how to fix it (a checkpoint
-    made with other settings, a damaged index): shown without a traceback. Looked up in
-    the loaded modules only, so the check imports nothing."""
-    kinds = {"huse.train": "CheckpointError", "huse.index": "CatalogueIndexError"}
-    return any(
-        isinstance(e, getattr(sys.modules[mod], name))
-        for mod, name in kinds.items()
-        if mod in sys.modules
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        if not _is_user_error(e):
-            raise
-        print(f"error: {e}", file=sys.stderr)
+    except HuseError as e:
+        _keep_skipped(e, args)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is cached and a rerun resumes", file=sys.stderr)
         return 130
+
+
+def _keep_skipped(e: HuseError, args: argparse.Namespace) -> None:
+    """A manifest with no usable row: its rows and reasons go to OUT/skipped.csv, as the
+    message says, for the commands whose --out is a plain folder of theirs."""
+    skipped = getattr(e, "skipped", None)
+    out = getattr(args, "out", None)
+    if skipped is None or out is None or args.command not in ("extract", "fit"):
+        return
+    from huse.dataset import write_skipped
+
+    # If it cannot be written, the error line still names the first reasons.
+    with contextlib.suppress(OSError, HuseError):
+        write_skipped(skipped, check_output_dir(out) / "skipped.csv")
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 ``register(sub)`` adds them to the main parser's subcommands. Heavy imports (FAISS,
 FastAPI, uvicorn, the model) happen inside the commands, so ``huse --help`` stays fast.
+A user mistake raises a ``HuseError``, which ``huse.cli.main`` prints as one line.
 """
 
 from __future__ import annotations
@@ -16,14 +17,8 @@ import time
 from pathlib import Path
 
 
-def _fail(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return 2
-
-
 def cmd_index(args: argparse.Namespace) -> int:
-    from huse.data.manifest import ManifestError
-    from huse.index import CatalogueIndexError, IndexConfig, index_run
+    from huse.index import IndexConfig, index_run
 
     config = IndexConfig(
         factory=args.factory,
@@ -32,12 +27,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     t0 = time.perf_counter()
-    try:
-        index, out = index_run(
-            args.run, args.manifest, config, out=args.out, progress=not args.quiet
-        )
-    except (CatalogueIndexError, ManifestError, FileNotFoundError) as e:
-        return _fail(str(e))
+    index, out = index_run(args.run, args.manifest, config, out=args.out, progress=not args.quiet)
     info = index.info
     params = f", search {info['search_params']}" if info["search_params"] else ""
     print(
@@ -71,27 +61,26 @@ def _table(hits, width: int) -> str:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from huse.data.images import ImageError
-    from huse.index import CatalogueIndexError
-    from huse.search import MAX_K, Searcher
+    from huse.errors import QueryError
+    from huse.search import MAX_K, Searcher, query_text
 
+    # Checked before the model loads, which takes seconds.
     if not 1 <= args.k <= MAX_K:
-        return _fail(f"-k must be between 1 and {MAX_K}")
+        raise QueryError(f"-k must be between 1 and {MAX_K}, not {args.k}")
     if args.image is not None and not Path(args.image).is_file():
-        return _fail(f"{args.image}: no such image file")
-    if args.text is not None and not args.text.strip():
-        return _fail("--text is empty")
+        raise QueryError(f"{args.image}: no such image file")
+    if args.text is not None:
+        query_text(args.text)
     # A backbone package prints to stdout while loading; keep stdout for the results.
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            searcher = Searcher.from_run(args.run, args.index, args.search_params)
-            if args.text is not None:
-                hits = searcher.search_text(args.text, args.k, args.modality)
-            else:
+    with contextlib.redirect_stdout(sys.stderr):
+        searcher = Searcher.from_run(args.run, args.index, args.search_params)
+        if args.text is not None:
+            hits = searcher.search_text(args.text, args.k, args.modality)
+        else:
+            try:
                 hits = searcher.search_image(args.image, args.k, args.modality)
-    except (CatalogueIndexError, FileNotFoundError) as e:
-        return _fail(str(e))
-    except ImageError as e:
-        return _fail(f"{args.image}: {e}")
+            except ImageError as e:  # its message says what, not which file
+                raise ImageError(f"{args.image}: {e}") from None
     if args.json:
         query = {"text": args.text} if args.text is not None else {"image": str(args.image)}
         out = {"query": query | {"k": args.k, "modality": args.modality}}
@@ -103,7 +92,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from huse.index import CatalogueIndexError
     from huse.serve import Limits, is_loopback, serve
 
     if not is_loopback(args.host):
@@ -117,17 +105,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_text_chars=args.max_text,
     )
-    try:
-        serve(
-            args.run,
-            host=args.host,
-            port=args.port,
-            index=args.index,
-            limits=limits,
-            log_level="warning" if args.quiet else "info",
-        )
-    except (CatalogueIndexError, FileNotFoundError) as e:
-        return _fail(str(e))
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        index=args.index,
+        limits=limits,
+        log_level="warning" if args.quiet else "info",
+    )
     return 0
 
 

@@ -15,16 +15,31 @@ import scipy.sparse as sp
 from huse._dist import all_reduce_sum
 from huse._io import atomic_path, atomic_write_text
 from huse.data.hierarchy import Hierarchy
-from huse.data.manifest import Manifest, ManifestConfig, Skipped, read_manifest
+from huse.data.manifest import Manifest, ManifestConfig, Skipped, read_manifest, records_frame
 from huse.data.split import SplitConfig, stratified_split
 from huse.data.text import TfidfFeatures
+from huse.errors import DataError, HuseError, RunError
 from huse.features import (
+    DEFAULT_MAX_IMAGE_FILE_BYTES,
     ExtractStats,
     FeatureStore,
     default_cache_dir,
     extract_images,
     extract_texts,
     hash_image_files,
+)
+
+# What ``FeatureSet.save`` writes and ``load`` needs (notes.csv is optional: older sets).
+FEATURE_FILES = (
+    "items.parquet",
+    "image.npy",
+    "text.npy",
+    "tfidf.npz",
+    "tfidf.json",
+    "classes.json",
+    "skipped.csv",
+    "data_config.json",
+    "extract_stats.json",
 )
 
 
@@ -44,6 +59,14 @@ class DataConfig:
         num_workers: image decoding worker processes.
         cache_dir: the content-keyed feature cache (None: ``$HUSE_CACHE`` or ~/.cache/huse).
         device: torch device for the backbones.
+        image_fit: ``pad`` (letterbox on white, the default: catalogue pictures are often
+            wide or tall) or ``crop`` (the model's own resize and centre crop).
+        text_pooling: for ``hf:`` text backbones: ``last4`` (the paper's last-four-layer
+            mean), ``mean``, ``cls`` or ``model`` (what the model was trained with);
+            None: ``model`` for CLIP/SigLIP, ``last4`` otherwise.
+        bf16: half precision for the backbones on a CUDA device (None: where supported).
+        max_image_file_bytes: image files larger than this are refused from their size,
+            unread (a 2 GB file listed as an image would otherwise be read to hash it).
     """
 
     manifest: ManifestConfig = field(default_factory=ManifestConfig)
@@ -58,6 +81,10 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = None
     device: str = "cpu"
+    image_fit: str | None = None
+    text_pooling: str | None = None
+    bf16: bool | None = None
+    max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
 
     @classmethod
     def from_dict(cls, d: dict) -> DataConfig:
@@ -66,12 +93,57 @@ class DataConfig:
         d["split"] = SplitConfig(**d.get("split", {}))
         return cls(**d)
 
+    def image_options(self) -> dict:
+        """Keyword options of ``get_backbone`` for the image backbone."""
+        return {"device": self.device, "image_fit": self.image_fit, "bf16": self.bf16}
+
+    def text_options(self) -> dict:
+        """Keyword options of ``get_backbone`` for the text backbone."""
+        return {"device": self.device, "text_pooling": self.text_pooling, "bf16": self.bf16}
+
+
+class NoUsableRowsError(DataError):
+    """No row of a manifest survived reading and checking; ``skipped`` says why.
+
+    The caller may write ``skipped`` (a row, id, column, reason frame) as skipped.csv.
+    """
+
+    def __init__(self, message: str, skipped: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.skipped = skipped
+
+
+def _require_rows(items: pd.DataFrame, skipped: list[Skipped], path: Path) -> None:
+    """Stop before any backbone or TF-IDF work when no row is left, saying why."""
+    if len(items):
+        return
+    frame = records_frame(sorted(skipped, key=lambda s: s.row))
+    if not len(frame):
+        raise NoUsableRowsError(
+            f"{path}: the manifest has no data rows; add rows of image, text and classes "
+            "below the header",
+            frame,
+        )
+    reasons = frame["reason"].str.split(":").str[0].value_counts()
+    top = ", ".join(f"{r!r} x{c}" for r, c in reasons.head(3).items())
+    first = frame.iloc[0]
+    where = f"row {first['row']}" + (f", column {first['column']!r}" if first["column"] else "")
+    raise NoUsableRowsError(
+        f"{path}: no usable row: all {len(frame)} rows were skipped (top reasons: {top}; "
+        f"first: {where}: {first['reason']}). Fix those rows (each is listed in skipped.csv "
+        "in the output folder) or point --image-col/--text-col/--classes-col at the right "
+        "columns",
+        frame,
+    )
+
 
 @dataclass
 class FeatureSet:
     """Valid items with their features, split and labels.
 
-    ``items`` columns: row, id, image, text, classes, split, label.
+    ``items`` columns: row, id, image, text, classes, split, label. ``skipped`` lists the
+    rows left out and ``notes`` the kept rows that were changed (a text cut to
+    ``ManifestConfig.max_text_chars``), both as (row, id, column, reason) frames.
     """
 
     items: pd.DataFrame
@@ -83,6 +155,7 @@ class FeatureSet:
     skipped: pd.DataFrame
     config: DataConfig
     stats: dict = field(default_factory=dict)
+    notes: pd.DataFrame = field(default_factory=lambda: records_frame([]))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -111,6 +184,7 @@ class FeatureSet:
             json.dumps({"sep": self.hierarchy.sep, "classes": self.hierarchy.classes}, indent=1),
         )
         write_skipped(self.skipped, out / "skipped.csv")
+        write_skipped(self.notes, out / "notes.csv")
         atomic_write_text(out / "data_config.json", json.dumps(asdict(self.config), indent=2))
         atomic_write_text(out / "extract_stats.json", json.dumps(self.stats, indent=2))
 
@@ -125,8 +199,32 @@ class FeatureSet:
                 page cache. False reads them into memory.
         """
         path = Path(path)
+        if not path.is_dir():
+            raise RunError(
+                f"{path}: no such feature folder; write one with `huse extract MANIFEST "
+                f"--out {path}`"
+            )
+        missing = [n for n in FEATURE_FILES if not (path / n).is_file()]
+        if missing:
+            raise RunError(
+                f"{path}: not a complete feature folder (missing {', '.join(missing)}); "
+                f"rerun `huse extract MANIFEST --out {path}` (cached features are reused)"
+            )
+        try:
+            return cls._load(path, mmap)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            if isinstance(e, HuseError):
+                raise
+            raise RunError(
+                f"{path}: a feature file is damaged ({type(e).__name__}: {str(e)[:120]}); "
+                f"rerun `huse extract MANIFEST --out {path}` (cached features are reused)"
+            ) from None
+
+    @classmethod
+    def _load(cls, path: Path, mmap: bool) -> FeatureSet:
         classes = json.loads((path / "classes.json").read_text())
         mode = "r" if mmap else None
+        notes = path / "notes.csv"  # absent in sets written before notes existed
         return cls(
             items=pd.read_parquet(path / "items.parquet"),
             image=np.load(path / "image.npy", mmap_mode=mode),
@@ -136,10 +234,16 @@ class FeatureSet:
             hierarchy=Hierarchy(classes["classes"], sep=classes["sep"]),
             skipped=pd.read_csv(path / "skipped.csv", dtype=str, keep_default_na=False),
             config=DataConfig.from_dict(json.loads((path / "data_config.json").read_text())),
+            notes=(
+                pd.read_csv(notes, dtype=str, keep_default_na=False)
+                if notes.exists()
+                else records_frame([])
+            ),
         )
 
 
 def write_skipped(skipped: pd.DataFrame, path: str | Path) -> None:
+    """Write a skipped (or notes) frame as CSV, atomically."""
     with atomic_path(path) as tmp:
         skipped.to_csv(tmp, index=False)
 
@@ -161,6 +265,11 @@ def build_feature_set(
             as "unknown class". None: the classes are read from the manifest.
         tfidf_model: a fitted vectoriser (a trained model's). None: fit one on train rows.
         progress: show progress bars.
+
+    Raises:
+        NoUsableRowsError: no row is left to extract (before any backbone is loaded) or
+            none survived image decoding (before TF-IDF); the message gives the top
+            reasons and the error carries the skipped rows.
     """
     from huse.backbones import get_backbone
 
@@ -185,14 +294,17 @@ def build_feature_set(
             config.manifest.classes_col,
             ["unknown class: " + c for c in items["classes"][mask]],
         )
+    _require_rows(items, skipped, Path(manifest.path))
 
     cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     stats = ExtractStats()
-    image_bb = get_backbone(config.image_backbone, "image", device=config.device)
-    text_bb = get_backbone(config.text_backbone, "text", device=config.device)
+    image_bb = get_backbone(config.image_backbone, "image", **config.image_options())
+    text_bb = get_backbone(config.text_backbone, "text", **config.text_options())
     image_store = FeatureStore(cache / "features", image_bb.version)
     paths = items["image"].tolist()
-    keys, key_errors = hash_image_files(paths, image_store.version)
+    keys, key_errors = hash_image_files(
+        paths, image_store.version, max_file_bytes=config.max_image_file_bytes
+    )
     image, errors = extract_images(
         paths,
         image_bb,
@@ -211,6 +323,7 @@ def build_feature_set(
         image = image[~mask]
         keys = [k for k, bad in zip(keys, mask) if not bad]
         drop(mask, config.manifest.image_col, reasons)
+        _require_rows(items, skipped, Path(manifest.path))
     text_store = FeatureStore(cache / "features", text_bb.version)
     text = extract_texts(
         items["text"].tolist(),
@@ -241,10 +354,9 @@ def build_feature_set(
     else:
         stats_tfidf = 0.0
     tfidf = tfidf_model.transform(items["text"].tolist())
-    skipped_df = pd.DataFrame(
-        [asdict(s) for s in sorted(skipped, key=lambda s: s.row)],
-        columns=["row", "id", "column", "reason"],
-    )
+    skipped_df = records_frame(sorted(skipped, key=lambda s: s.row))
+    kept = set(items["row"].tolist())
+    notes_df = records_frame([n for n in manifest.notes if n.row in kept])
     # Under torchrun each rank counted its own share of the forward passes.
     stats.images_computed, stats.texts_computed = all_reduce_sum(
         [stats.images_computed, stats.texts_computed]
@@ -254,6 +366,7 @@ def build_feature_set(
         "seconds_tfidf": stats_tfidf,
         "items": len(items),
         "skipped": len(skipped_df),
+        "texts_truncated": int(notes_df["reason"].str.startswith("text truncated").sum()),
         "splits": items["split"].value_counts().to_dict(),
         "train_only_classes": split_report.train_only_classes if split_report else [],
     }
@@ -267,4 +380,5 @@ def build_feature_set(
         skipped=skipped_df,
         config=config,
         stats=info,
+        notes=notes_df,
     )

@@ -146,6 +146,8 @@ def class_scores(
         scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
         return scores, "classifier"
     tr = fs.split_indices(train_split)
+    if len(tr) == 0 or img is None:  # no centroids to score against
+        return scores, "centroid"
     ti, tt, *_ = embed(net, fs, tr)
     tl, k = fs.labels[tr], len(fs.hierarchy)
     scores["image"] = centroid_scores(img, ti, tl, k)
@@ -154,11 +156,30 @@ def class_scores(
     return scores, "centroid"
 
 
+def empty_metrics(mode: str) -> dict:
+    """The metrics of a split with no items: every key, every value None."""
+    none3 = dict.fromkeys(("image", "text", "fusion"))
+    return {
+        "classification": dict(none3),
+        "classification_mode": mode,
+        "retrieval": {d: dict.fromkeys(f"R@{k}" for k in RECALL_KS) for d in DIRECTIONS},
+        "hierarchical": {d: dict.fromkeys(f"HP@{k}" for k in HP_KS) for d in DIRECTIONS},
+        "mistake_severity": {**none3, **dict.fromkeys(DIRECTIONS)},
+    }
+
+
+def _mode(net: HUSENet) -> str:
+    return "centroid" if net.cfg.classifier == "none" else "classifier"
+
+
 def evaluate_net(
     net: HUSENet, fs, split: str = "test", *, chunk_size: int = 1024, train_split: str = "train"
 ) -> dict:
-    """Every metric of a trained net on one split of a feature set."""
+    """Every metric of a trained net on one split of a feature set (all None when the split
+    has no items, or when a method without a classifier has no training items to centre)."""
     idx = fs.split_indices(split)
+    if len(idx) == 0:
+        return empty_metrics(_mode(net))
     labels = fs.labels[idx]
     h = fs.hierarchy
     _, dist = hierarchy_arrays(h)
@@ -192,6 +213,8 @@ def evaluate_raw(fs, split: str = "test", *, chunk_size: int = 1024) -> dict:
     differ), classification by nearest training-class centroid."""
     idx = fs.split_indices(split)
     tr = fs.split_indices("train")
+    if len(idx) == 0 or len(tr) == 0:
+        return empty_metrics("centroid")
     labels = fs.labels[idx]
     h = fs.hierarchy
     _, dist = hierarchy_arrays(h)

@@ -7,14 +7,20 @@ that row, and several manifests (or runs, or methods) share one cache.
 
 Each extraction batch is written as its own shard file, atomically; an interrupted run
 keeps every finished shard and resumes with the rest. Under ``torchrun`` each rank takes
-a strided share of the missing items and writes its own shards.
+a strided share of the missing items and writes its own shards. Independent processes
+extracting into one cache at once claim each batch with a lock file first, so no item is
+computed twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
+import socket
+import stat
 import time
 import uuid
 import warnings
@@ -24,12 +30,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from huse._dist import barrier
 from huse._dist import setup as dist_setup
 from huse._io import atomic_path
 from huse.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+
+# A file listed as an image that is larger than this is refused from its size alone,
+# before a byte is read: no picture a backbone can use needs more, and hashing or
+# decoding a multi-gigabyte file only wastes time and memory.
+DEFAULT_MAX_IMAGE_FILE_BYTES = 256 * 2**20
+_HASH_BLOCK = 2**20
 
 
 def default_cache_dir() -> Path:
@@ -42,10 +55,16 @@ def _slug(version: str) -> str:
     return f"{readable}-{hashlib.sha256(version.encode()).hexdigest()[:12]}"
 
 
-def content_key(version: str, content: bytes) -> str:
+def _key_hasher(version: str):
     h = hashlib.sha256()
     h.update(version.encode())
     h.update(b"\0")
+    return h
+
+
+def content_key(version: str, content: bytes) -> str:
+    """``sha256(version, NUL, content)``: the cache key of one input."""
+    h = _key_hasher(version)
     h.update(content)
     return h.hexdigest()
 
@@ -66,18 +85,55 @@ def _shard_digest(keys: np.ndarray, features: np.ndarray) -> str:
 # A temporary shard file older than this belongs to a writer that died (SIGKILL, power
 # loss); younger ones may be another process's write in progress.
 STALE_TMP_SECONDS = 3600
+# A batch lock older than this is taken over even when its holder looks alive (it runs on
+# another host, or hangs): no batch takes this long. A lock whose holder died on this host
+# is taken over at once.
+STALE_LOCK_SECONDS = 1800
+_LOCK_POLL_SECONDS = 0.1
+
+# Shards written since shard names were bound to their content: ``shard-<40 hex>.npz``,
+# named for the batch's keys, with a ``name`` member repeating the file name. Older
+# shards have random names of 32 hex digits and no ``name``; they are still read.
+_NAMED_SHARD = re.compile(r"shard-[0-9a-f]{40}\.npz")
+
+
+def shard_name(unit: Sequence[str]) -> str:
+    """The file name of the shard holding the batch of keys ``unit`` (in order)."""
+    h = hashlib.sha256()
+    for k in unit:
+        h.update(k.encode())
+        h.update(b"\n")
+    return f"shard-{h.hexdigest()[:40]}.npz"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
 
 
 class FeatureStore:
     """Features of one backbone version, keyed by content hash, stored as npz shards.
 
-    Each shard holds ``keys``, ``features`` and ``sha256`` (a digest of the two). A shard
-    that does not open, lacks a member, has mismatched shapes or fails its digest is
-    *damaged*: it is renamed to ``*.npz.damaged``, listed in ``damaged`` with the reason,
-    reported as a ``CacheWarning`` naming the file, and its items count as missing, so
-    the next extraction recomputes exactly those items and nothing else. Keys are checked
+    Each shard holds ``keys``, ``features``, ``sha256`` (a digest of the two) and ``name``
+    (its own file name, which derives from its batch's keys). A shard that does not open,
+    lacks a member, has mismatched shapes or fails its digest is *damaged*, and so is a
+    valid shard found under another shard's name (*replaced*): it is renamed to
+    ``*.npz.damaged``, listed in ``damaged`` with the reason, reported as a
+    ``CacheWarning`` naming the file, and its items count as missing, so the next
+    extraction recomputes exactly those items and nothing else. Keys and names are checked
     when the folder is scanned; the features' digest when a shard is first read
     (``verify`` or ``get``).
+
+    Processes sharing the cache claim a batch before computing it with a lock file
+    ``shard-<digest>.lock`` (``claim``); a lock whose process died, or older than
+    ``STALE_LOCK_SECONDS``, is taken over.
 
     Args:
         root: the cache folder (shared by all backbones; each gets a subfolder).
@@ -90,7 +146,9 @@ class FeatureStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._index: dict[str, tuple[Path, int]] | None = None
         self._verified: set[Path] = set()
+        self._shards: set[Path] = set()  # the shards in the index
         self.damaged: list[tuple[Path, str]] = []
+        self._token = uuid.uuid4().hex  # tells this store's locks from others' of this pid
 
     def _set_aside(self, shard: Path, reason: str) -> None:
         """Report a damaged shard by name and move it out of the way of later scans."""
@@ -117,27 +175,59 @@ class FeatureStore:
             except OSError:
                 pass
 
+    def _shard_keys(self, shard: Path) -> np.ndarray:
+        """A shard's keys after the cheap checks; raises when it is damaged or replaced."""
+        with open(shard, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                raise ValueError("not an npz file (no zip header)")
+        with np.load(shard) as z:
+            keys = z["keys"]
+            missing = {"features"} - set(z.files)
+            stored = str(z["name"]) if "name" in z.files else None
+        if missing:
+            raise ValueError(f"missing {sorted(missing)}")
+        if keys.ndim != 1:
+            raise ValueError(f"keys of shape {keys.shape}")
+        if stored is not None and stored != shard.name:
+            raise ValueError(f"replaced: it holds the items of shard {stored}")
+        if stored is None and _NAMED_SHARD.fullmatch(shard.name):
+            raise ValueError("replaced: an older shard without its own name under this name")
+        return keys
+
+    def _add(self, shard: Path, index: dict[str, tuple[Path, int]]) -> bool:
+        try:
+            keys = self._shard_keys(shard)
+        except FileNotFoundError:  # moved aside by another process meanwhile
+            return False
+        except Exception as e:  # truncated, not a zip, a bad member: all mean damaged
+            self._set_aside(shard, f"unreadable: {type(e).__name__}: {e}")
+            return False
+        for i, k in enumerate(keys):
+            index[str(k)] = (shard, i)
+        self._shards.add(shard)
+        return True
+
     def _scan(self) -> dict[str, tuple[Path, int]]:
         self._remove_stale_tmp()
+        for lock in self.dir.glob("shard-*.lock"):
+            self._break_stale(lock)
         index: dict[str, tuple[Path, int]] = {}
+        self._shards = set()
         for shard in sorted(self.dir.glob("shard-*.npz")):
-            try:
-                with open(shard, "rb") as fh:
-                    if fh.read(4) != b"PK\x03\x04":
-                        raise ValueError("not an npz file (no zip header)")
-                with np.load(shard) as z:
-                    keys = z["keys"]
-                    missing = {"features"} - set(z.files)
-                if missing:
-                    raise ValueError(f"missing {sorted(missing)}")
-                if keys.ndim != 1:
-                    raise ValueError(f"keys of shape {keys.shape}")
-            except Exception as e:  # truncated, not a zip, a bad member: all mean damaged
-                self._set_aside(shard, f"unreadable: {type(e).__name__}: {e}")
-                continue
-            for i, k in enumerate(keys):
-                index[str(k)] = (shard, i)
+            self._add(shard, index)
         return index
+
+    def add_shard(self, shard: Path) -> bool:
+        """Index one shard (written by another process since the scan), if it is there."""
+        return shard.is_file() and self._add(shard, self.index)
+
+    def update(self) -> None:
+        """Index the shards other processes wrote since the last scan."""
+        if self._index is None:
+            return  # the next use scans everything anyway
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            if shard not in self._shards:
+                self._add(shard, self._index)
 
     def _read(self, shard: Path) -> np.ndarray | None:
         """A shard's features after checking its digest; None (and set aside) when damaged.
@@ -166,6 +256,7 @@ class FeatureStore:
         return feats
 
     def _forget(self, shard: Path) -> None:
+        self._shards.discard(shard)
         if self._index is not None:
             self._index = {k: v for k, v in self._index.items() if v[0] != shard}
 
@@ -221,19 +312,177 @@ class FeatureStore:
             return np.empty((0, 0), dtype=np.float32)
         return out
 
-    def put(self, keys: Sequence[str], features: np.ndarray) -> None:
-        """Write one shard atomically, with the digest of its content."""
+    def put(
+        self, keys: Sequence[str], features: np.ndarray, *, unit: Sequence[str] | None = None
+    ) -> Path | None:
+        """Write one shard atomically, with the digest of its content and its own name.
+
+        Args:
+            unit: the keys of the batch claimed for this shard (``keys`` are the ones that
+                succeeded); the shard is named for them. Defaults to ``keys``.
+        """
         if len(keys) == 0:
-            return
-        path = self.dir / f"shard-{uuid.uuid4().hex}.npz"
+            return None
+        unit = list(keys if unit is None else unit)
+        name = shard_name(unit)
+        if (self.dir / name).exists() or (self.dir / f"{name}.damaged").exists():
+            # Recomputing a damaged shard, or a batch another process wrote anyway (its
+            # lock went stale): a fresh name, so no file is replaced or mistaken for it.
+            name = shard_name([*unit, uuid.uuid4().hex])
+        path = self.dir / name
         k = np.asarray(keys, dtype="U64")
         f32 = np.ascontiguousarray(features, dtype=np.float32)
+        digest = np.asarray(_shard_digest(k, f32))
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, keys=k, features=f32, sha256=np.asarray(_shard_digest(k, f32)))
+            np.savez(f, keys=k, features=f32, sha256=digest, name=np.asarray(name))
         self._verified.add(path)
         if self._index is not None:
             for i, key in enumerate(keys):
                 self._index[key] = (path, i)
+            self._shards.add(path)
+        return path
+
+    # --- batch locks: one process computes a batch, the others skip it ---------------
+
+    def _lock_path(self, unit: Sequence[str]) -> Path:
+        return self.dir / (shard_name(unit)[: -len(".npz")] + ".lock")
+
+    def _lock_is_stale(self, lock: Path) -> bool:
+        """True when ``lock`` is gone, its process died on this host, or it is too old."""
+        try:
+            age = time.time() - lock.stat().st_mtime
+            text = lock.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if age > STALE_LOCK_SECONDS:
+            return True
+        try:
+            info = json.loads(text)
+            if info["host"] == socket.gethostname():
+                return not _pid_alive(int(info["pid"]))
+        except (ValueError, KeyError, TypeError):  # being written this instant
+            pass
+        return False
+
+    def _break_stale(self, lock: Path) -> bool:
+        """Remove ``lock`` if stale; True when it is gone (the batch may be claimed)."""
+        if not self._lock_is_stale(lock):
+            return False
+        aside = lock.with_name(f"{lock.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.rename(lock, aside)  # atomic: of two processes breaking it, one wins
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if not self._lock_is_stale(aside):
+            # Another process broke it first and wrote a fresh lock, which we just moved:
+            # put that one back (link never replaces an existing file).
+            with contextlib.suppress(OSError):
+                os.link(aside, lock)
+            aside.unlink(missing_ok=True)
+            return False
+        aside.unlink(missing_ok=True)
+        return True
+
+    def claim(self, unit: Sequence[str]) -> Path | None:
+        """Claim the batch ``unit`` with an atomic lock file holding pid, host and time.
+
+        Returns the lock (give it to ``release``), or None while another live process
+        holds the batch.
+        """
+        lock = self._lock_path(unit)
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._break_stale(lock):
+                    return None
+                continue
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "time": time.time(),
+                "token": self._token,
+            }
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(info, f)
+            return lock
+        return None
+
+    def release(self, lock: Path) -> None:
+        """Remove a lock from ``claim``, unless another process has taken it over since."""
+        try:
+            if json.loads(lock.read_text(encoding="utf-8")).get("token") == self._token:
+                lock.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def wait_unclaimed(self, unit: Sequence[str]) -> None:
+        """Wait while another live process holds the batch ``unit`` (bounded by staleness)."""
+        lock = self._lock_path(unit)
+        while lock.exists() and not self._lock_is_stale(lock):
+            time.sleep(_LOCK_POLL_SECONDS)
+
+
+class _Claims:
+    """Batches (lists of item positions) claimed one at a time in a shared store.
+
+    ``batches`` yields, for each batch it could claim, the positions still missing from
+    the store (another process may have written them meanwhile); a batch another process
+    holds is deferred. ``next_round`` waits for the deferred ones and hands them back to
+    check again, so every item ends up computed by exactly one process.
+    """
+
+    def __init__(self, store: FeatureStore, keys: Sequence[str | None], crowded: bool) -> None:
+        self.store, self.keys = store, keys
+        self.held: dict[int, tuple[Path, list[str]]] = {}
+        self.deferred: list[list[int]] = []
+        # Once another process is seen at work, look for its new shards before each
+        # batch: its batches need not line up with ours.
+        self.crowded = crowded
+
+    def _missing(self, unit: list[int]) -> list[int]:
+        return [i for i in unit if self.keys[i] not in self.store]
+
+    def batches(self, units: list[list[int]]):
+        for unit in units:
+            ukeys = [self.keys[i] for i in unit]
+            lock = self.store.claim(ukeys)
+            if lock is None:
+                self.crowded = True
+                self.deferred.append(unit)
+                continue
+            if self.store.add_shard(self.store.dir / shard_name(ukeys)):
+                self.crowded = True
+            if self.crowded:
+                self.store.update()
+            todo = self._missing(unit)
+            if not todo:
+                self.store.release(lock)
+                continue
+            self.held[todo[0]] = (lock, [self.keys[i] for i in todo])
+            yield todo
+
+    def unit_keys(self, first: int) -> list[str]:
+        return self.held[first][1]
+
+    def finish(self, first: int) -> None:
+        lock, _ = self.held.pop(first)
+        self.store.release(lock)
+
+    def next_round(self) -> list[list[int]]:
+        units, self.deferred = self.deferred, []
+        for unit in units:
+            self.store.wait_unclaimed([self.keys[i] for i in unit])
+        return units
+
+    def release_all(self) -> None:
+        for lock, _ in self.held.values():
+            self.store.release(lock)
+        self.held.clear()
 
 
 class _ImageDataset(torch.utils.data.Dataset):
@@ -277,13 +526,69 @@ def _verify(store: FeatureStore, keys: Sequence[str | None], stats: ExtractStats
         ]
 
 
-def hash_image_files(paths: Sequence[str], version: str) -> tuple[list[str | None], dict[int, str]]:
-    """Content keys of image files; unreadable files give None and a reason."""
+class _Refused(Exception):
+    """A file that is not hashed: the message is the reason shown for its row."""
+
+
+def _image_file_key(path: str | Path, version: str, max_bytes: int) -> str:
+    """The content key of an image file, read in 1 MiB blocks after its header is checked.
+
+    Equal to ``content_key(version, Path(path).read_bytes())``, without holding the file.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        _Refused: not a regular file, over ``max_bytes``, or not an image by its header.
+    """
+    st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise _Refused("image file not readable: Is a directory")
+    if not stat.S_ISREG(st.st_mode):  # a pipe or device would block or never end
+        raise _Refused("image path is not a regular file (a pipe, socket or device)")
+    limit = f"limit {max_bytes:,} bytes; shrink or re-encode the file, or raise the limit"
+    if st.st_size > max_bytes:
+        raise _Refused(f"image file too large: {st.st_size:,} bytes > {limit}")
+    with open(path, "rb") as fh:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Image.open(fh)  # reads the header only
+        except UnidentifiedImageError:
+            raise _Refused("not an image (unrecognised format)") from None
+        except Exception:  # a bad header past the magic: decoding reports it precisely
+            pass
+        fh.seek(0)
+        h = _key_hasher(version)
+        buf = bytearray(_HASH_BLOCK)
+        view = memoryview(buf)
+        total = 0
+        while n := fh.readinto(buf):
+            total += n
+            if total > max_bytes:  # grew since the stat
+                raise _Refused(f"image file too large: over {limit}")
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def hash_image_files(
+    paths: Sequence[str],
+    version: str,
+    *,
+    max_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES,
+) -> tuple[list[str | None], dict[int, str]]:
+    """Content keys of image files; unusable files give None and a reason.
+
+    A file over ``max_file_bytes`` is refused from its size, and one whose header is not
+    an image's from its first bytes: neither is read in full. Memory stays at one 1 MiB
+    block whatever the file's size.
+    """
     keys: list[str | None] = []
     errors: dict[int, str] = {}
     for i, p in enumerate(paths):
         try:
-            keys.append(content_key(version, Path(p).read_bytes()))
+            keys.append(_image_file_key(p, version, max_file_bytes))
+        except _Refused as e:
+            keys.append(None)
+            errors[i] = str(e)
         except OSError as e:
             keys.append(None)
             errors[i] = f"image file not readable: {e.strerror or e}"
@@ -298,6 +603,7 @@ def extract_images(
     batch_size: int = 32,
     num_workers: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES,
     progress: bool = True,
     stats: ExtractStats | None = None,
     keys: Sequence[str | None] | None = None,
@@ -306,17 +612,16 @@ def extract_images(
     """Image features for ``paths`` (rows of failed images are zero) and the failures.
 
     Args:
+        max_file_bytes: files larger than this are refused unread (``hash_image_files``).
         keys: content keys from ``hash_image_files`` when the caller has them already
             (with ``key_errors``), so files are not read twice.
 
     Returns:
         (N×D features, {position: reason} for images that could not be used).
     """
-    import time
-
     t0 = time.perf_counter()
     if keys is None:
-        keys, errors = hash_image_files(paths, store.version)
+        keys, errors = hash_image_files(paths, store.version, max_file_bytes=max_file_bytes)
     else:
         keys, errors = list(keys), dict(key_errors or {})
     rank, world = dist_setup()
@@ -331,10 +636,7 @@ def extract_images(
     if stats is not None:
         stats.images_total += len(paths)
     if mine:
-        ds = _ImageDataset([paths[i] for i in mine], backbone.preprocess, max_pixels)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
-        )
+        ds = _ImageDataset(list(paths), backbone.preprocess, max_pixels)
         bar = tqdm(
             total=len(mine),
             desc=f"images ({backbone.name})",
@@ -342,19 +644,36 @@ def extract_images(
             disable=not progress or rank != 0,
             dynamic_ncols=True,
         )
-        for batch in loader:
-            ok = [(j, x) for j, x, err in batch if x is not None]
-            for j, x, err in batch:
-                if x is None:
-                    errors[mine[j]] = err
-            if ok:
-                feats = backbone.forward(torch.stack([x for _, x in ok])).numpy()
-                store.put([keys[mine[j]] for j, _ in ok], feats)
-                # Only forward passes count: an undecodable file is retried (cheaply) on
-                # every run, but a rerun over a cached manifest still computes nothing.
-                if stats is not None:
-                    stats.images_computed += len(ok)
-            bar.update(len(batch))
+        claims = _Claims(store, keys, crowded=_others_at_work(store, world))
+        units = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]
+        try:
+            while units:
+                loader = torch.utils.data.DataLoader(
+                    ds,
+                    batch_sampler=claims.batches(units),
+                    num_workers=num_workers,
+                    collate_fn=_collate,
+                )
+                for batch in loader:
+                    ok = [(i, x) for i, x, err in batch if x is not None]
+                    for i, x, err in batch:
+                        if x is None:
+                            errors[i] = err
+                    if ok:
+                        feats = backbone.forward(torch.stack([x for _, x in ok])).numpy()
+                        unit = claims.unit_keys(batch[0][0])
+                        store.put([keys[i] for i, _ in ok], feats, unit=unit)
+                        # Only forward passes count: an undecodable file is retried
+                        # (cheaply) on every run, but a rerun over a cached manifest
+                        # still computes nothing.
+                        if stats is not None:
+                            stats.images_computed += len(ok)
+                    claims.finish(batch[0][0])
+                    bar.update(len(batch))
+                units = claims.next_round()
+        finally:
+            claims.release_all()
+        bar.update(bar.total - bar.n)  # batches another process computed
         bar.close()
     barrier()
     if world > 1:
@@ -377,6 +696,12 @@ def extract_images(
     return out, errors
 
 
+def _others_at_work(store: FeatureStore, world: int) -> bool:
+    """Whether another extraction holds batch locks in ``store`` (torchrun's ranks share
+    no batches, so their locks do not count)."""
+    return world <= 1 and any(store.dir.glob("shard-*.lock"))
+
+
 def extract_texts(
     texts: Sequence[str],
     backbone,
@@ -387,8 +712,6 @@ def extract_texts(
     stats: ExtractStats | None = None,
 ) -> np.ndarray:
     """Text features for ``texts`` (N×D), computed once per distinct text."""
-    import time
-
     t0 = time.perf_counter()
     keys = [content_key(store.version, t.encode("utf-8")) for t in texts]
     rank, world = dist_setup()
@@ -400,7 +723,6 @@ def extract_texts(
     todo = list(first.values())[rank::world]
     if stats is not None:
         stats.texts_total += len(texts)
-        stats.texts_computed += len(todo)
     if todo:
         prepared = {i: backbone.prepare(texts[i]) for i in todo}
         # Similar lengths together: less padding, faster batches.
@@ -412,11 +734,21 @@ def extract_texts(
             disable=not progress or rank != 0,
             dynamic_ncols=True,
         )
-        for s in range(0, len(todo), batch_size):
-            chunk = todo[s : s + batch_size]
-            feats = backbone.forward([prepared[i] for i in chunk]).numpy()
-            store.put([keys[i] for i in chunk], feats)
-            bar.update(len(chunk))
+        claims = _Claims(store, keys, crowded=_others_at_work(store, world))
+        units = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
+        try:
+            while units:
+                for chunk in claims.batches(units):
+                    feats = backbone.forward([prepared[i] for i in chunk]).numpy()
+                    store.put([keys[i] for i in chunk], feats)
+                    if stats is not None:
+                        stats.texts_computed += len(chunk)
+                    claims.finish(chunk[0])
+                    bar.update(len(chunk))
+                units = claims.next_round()
+        finally:
+            claims.release_all()
+        bar.update(bar.total - bar.n)
         bar.close()
     barrier()
     if world > 1:

@@ -19,12 +19,16 @@ A built index is a folder::
 
 It is written to a temporary sibling folder and swapped into place, so a reader sees the
 old complete index or the new complete one, and an interrupted build leaves the old one.
-``CatalogueIndex.load(path)`` reads it back in one call. FAISS is imported lazily:
-``import huse`` never loads it.
+``index.json`` is also the folder's ownership marker: it says ``"format": "huse-index"``
+and lists every other file with its SHA-256. A folder is replaced only when it is empty or
+is such an index with no file it does not list, so ``--out`` never deletes a user's files.
+``CatalogueIndex.load(path)`` reads it back in one call and checks every checksum. FAISS
+is imported lazily: ``import huse`` never loads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -40,16 +44,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from huse.errors import ConfigError, HuseError, RunError, UnsafeOutputError
+
 if TYPE_CHECKING:
     from huse.model import HUSEModel
 
-FORMAT_VERSION = 1
+FORMAT = "huse-index"  # index.json's marker: this folder was written by huse
+FORMAT_VERSION = 2  # 2: format marker, version and a checksum for every file
+# What huse 0.x (``"format": 1``) wrote: such a folder may be replaced, not read.
+_LEGACY_FILES = frozenset({"index.json", "items.parquet", "image.faiss", "text.faiss"})
+_SHA256 = frozenset("0123456789abcdef")
 MODALITIES = ("image", "text")
 SEARCH_MODALITIES = ("image", "text", "both")
 ITEM_COLUMNS = ("row", "id", "image", "text", "classes", "split")
 
 
-class CatalogueIndexError(ValueError):
+class CatalogueIndexError(HuseError):
     """An index cannot be built or read; the message says why and what to do."""
 
 
@@ -222,6 +232,14 @@ class IndexConfig:
     search_params: str | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.factory, str) or not self.factory.strip():
+            raise ConfigError(f"--factory must name an index type, not {self.factory!r}")
+        if isinstance(self.train_size, bool) or not isinstance(self.train_size, int):
+            raise ConfigError(f"--train-size must be a whole number, not {self.train_size!r}")
+        if self.train_size < 1:
+            raise ConfigError(f"--train-size must be at least 1, not {self.train_size}")
+
 
 def _faiss():
     try:
@@ -233,17 +251,37 @@ def _faiss():
     return faiss
 
 
+def _new_index(factory: str, d: int):
+    """An empty FAISS index of ``factory`` (untrained, no vectors), or a clear error."""
+    faiss = _faiss()
+    try:
+        return faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        hint = "; PQm needs m to divide the dimension" if "PQ" in factory.upper() else ""
+        raise CatalogueIndexError(
+            f"FAISS cannot build {factory!r} for {d}-dim vectors: {_faiss_msg(e)}. "
+            f"Use a registered type ({', '.join(list_index_types())}) or a valid FAISS "
+            f"factory string such as HNSW32 or IVF256,SQ8{hint}"
+        ) from None
+
+
+def check_factory(factory: str, d: int, search_params: str | None = None) -> None:
+    """Fail fast on a factory string (and search parameters) FAISS cannot use.
+
+    Builds the empty index only, which costs nothing next to embedding a catalogue; a
+    registered type's string depends on the catalogue size and is always valid.
+    """
+    if factory.strip().lower() in _INDEX_TYPES:
+        return
+    index = _new_index(factory.strip(), d)
+    if search_params:
+        _apply_search_params(index, search_params)
+
+
 def _build_one(vectors: np.ndarray, factory: str, config: IndexConfig):
     faiss = _faiss()
     n, d = vectors.shape
-    try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise CatalogueIndexError(
-            f"FAISS cannot build {factory!r} for {d}-dim vectors: {_faiss_msg(e)}. "
-            f"Use a registered type ({', '.join(list_index_types())}) or a valid factory "
-            "string; PQm needs m to divide the dimension"
-        ) from None
+    index = _new_index(factory, d)
     if not index.is_trained:
         rng = np.random.default_rng(config.seed)
         size = min(n, config.train_size)
@@ -267,7 +305,13 @@ def _build_one(vectors: np.ndarray, factory: str, config: IndexConfig):
             faiss.omp_set_num_threads(threads)
     # In blocks: a memory-mapped or very large array is never copied whole.
     for s in range(0, n, ADD_BLOCK):
-        index.add(np.ascontiguousarray(vectors[s : s + ADD_BLOCK], dtype=np.float32))
+        try:
+            index.add(np.ascontiguousarray(vectors[s : s + ADD_BLOCK], dtype=np.float32))
+        except RuntimeError as e:  # e.g. an IDMap wrapper, which wants ids
+            raise CatalogueIndexError(
+                f"FAISS cannot add vectors to {factory!r}: {_faiss_msg(e)}; use a registered "
+                f"type ({', '.join(list_index_types())}) or another factory string"
+            ) from None
     return index
 
 
@@ -364,6 +408,7 @@ class CatalogueIndex:
         """Write the index folder atomically (see the module docstring); returns its path."""
         faiss = _faiss()
         path = Path(path)
+        check_output_dir(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
         try:
@@ -371,9 +416,10 @@ class CatalogueIndex:
             for m, ix in self.indexes.items():
                 faiss.write_index(ix, str(tmp / f"{m}.faiss"))
             # index.json last: its presence marks a complete folder, and it holds the
-            # SHA-256 of every other file, so a damaged one is caught on load.
+            # SHA-256 of every other file, so a damaged one is caught on load and a
+            # folder holding anything else is never taken for huse's own.
             files = {f.name: _file_sha256(f) for f in sorted(tmp.iterdir())}
-            info = self.info | {"files": files}
+            info = self.info | {"format": FORMAT, "version": FORMAT_VERSION, "files": files}
             (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
@@ -395,35 +441,20 @@ class CatalogueIndex:
         """
         faiss = _faiss()
         path = resolve_index_dir(path)
-        rebuild = "rebuild the index with `huse index RUN` (the model is not retrained)"
-        try:
-            info = json.loads((path / "index.json").read_text(encoding="utf-8"))
-            if not isinstance(info, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            raise CatalogueIndexError(
-                f"{path / 'index.json'} is damaged ({type(e).__name__}: {e}); {rebuild}"
-            ) from None
-        if info.get("format") != FORMAT_VERSION:
-            raise CatalogueIndexError(
-                f"{path}: index format {info.get('format')!r}, this huse reads "
-                f"{FORMAT_VERSION}; rebuild it with `huse index RUN`"
-            )
-        names = ["items.parquet"] + [f"{m}.faiss" for m in info.get("modalities", [])]
-        for name in names:
+        info = _read_info(path / "index.json")
+        for name, want in info["files"].items():
             f = path / name
             if not f.is_file():
-                raise CatalogueIndexError(f"{f} is missing; {rebuild}")
-            want = info.get("files", {}).get(name)  # indexes written before checksums: none
-            if want is not None and _file_sha256(f) != want:
+                raise CatalogueIndexError(f"{f} is missing; {_REBUILD}")
+            if _file_sha256(f) != want:
                 raise CatalogueIndexError(
-                    f"{f} is damaged (its SHA-256 differs from index.json's); {rebuild}"
+                    f"{f} is damaged (its SHA-256 differs from index.json's); {_REBUILD}"
                 )
         try:
             items = pd.read_parquet(path / "items.parquet")
         except Exception as e:  # pyarrow raises several unrelated types
             raise CatalogueIndexError(
-                f"{path / 'items.parquet'} is unreadable ({e}); {rebuild}"
+                f"{path / 'items.parquet'} is unreadable ({e}); {_REBUILD}"
             ) from None
         indexes = {}
         for m in info["modalities"]:
@@ -431,17 +462,91 @@ class CatalogueIndex:
                 indexes[m] = faiss.read_index(str(path / f"{m}.faiss"))
             except Exception as e:  # FAISS raises RuntimeError with its C++ message
                 raise CatalogueIndexError(
-                    f"{path / f'{m}.faiss'} is unreadable ({_faiss_msg(e)}); {rebuild}"
+                    f"{path / f'{m}.faiss'} is unreadable ({_faiss_msg(e)}); {_REBUILD}"
                 ) from None
-            if indexes[m].d != info.get("dim"):
+            if indexes[m].d != info["dim"]:
                 raise CatalogueIndexError(
                     f"{path / f'{m}.faiss'} holds {indexes[m].d}-dim vectors but index.json "
-                    f"says {info.get('dim')}; {rebuild}"
+                    f"says {info['dim']}; {_REBUILD}"
                 )
-        params = info.get("search_params", "") if search_params is None else search_params
+        if len(items) != info["count"]:
+            raise CatalogueIndexError(
+                f"{path / 'items.parquet'} holds {len(items)} items but index.json says "
+                f"{info['count']}; {_REBUILD}"
+            )
+        params = info["search_params"] if search_params is None else search_params
         for ix in indexes.values():
             _apply_search_params(ix, params)
         return cls(indexes, items, info)
+
+
+_REBUILD = "rebuild the index with `huse index RUN` (the model is not retrained)"
+
+
+def _read_info(file: Path) -> dict:
+    """``index.json``, checked field by field: a wrong shape is a clear error, not a KeyError."""
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CatalogueIndexError(
+            f"{file} is damaged ({type(e).__name__}: {e}); {_REBUILD}"
+        ) from None
+
+    def bad(why: str) -> CatalogueIndexError:
+        return CatalogueIndexError(f"{file} is damaged or not a huse index: {why}; {_REBUILD}")
+
+    if not isinstance(info, dict):
+        raise bad(f"it holds a JSON {type(info).__name__}, not an object")
+    if info.get("format") == 1:
+        raise CatalogueIndexError(f"{file} was written by an older huse (format 1); {_REBUILD}")
+    if info.get("format") != FORMAT:
+        raise bad(f"its format is {info.get('format')!r}, not {FORMAT!r}")
+    if info.get("version") != FORMAT_VERSION:
+        raise CatalogueIndexError(
+            f"{file}: index version {info.get('version')!r}, this huse reads {FORMAT_VERSION}; "
+            f"{_REBUILD}"
+        )
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    mods = info.get("modalities")
+    if not (isinstance(mods, list) and mods and len(set(mods)) == len(mods)) or not all(
+        m in MODALITIES for m in mods
+    ):
+        raise bad(f"'modalities' must be a list of {MODALITIES}, not {mods!r}")
+    for key, ok, what in (
+        ("dim", lambda v: is_int(v) and v > 0, "a positive whole number"),
+        ("count", lambda v: is_int(v) and v >= 0, "a whole number"),
+        ("factory", lambda v: isinstance(v, str), "a string"),
+        ("search_params", lambda v: isinstance(v, str), "a string"),
+        ("model", lambda v: isinstance(v, dict), "an object"),
+    ):
+        if key == "model" and key not in info:  # an index of vectors from elsewhere
+            continue
+        if not ok(info.get(key)):
+            raise bad(f"{key!r} must be {what}, not {info.get(key)!r}")
+    files = info.get("files")
+    if not isinstance(files, dict):
+        # Without the list nothing could be checked, so a damaged file would pass.
+        raise bad("it has no 'files' list of SHA-256 checksums")
+    for name, sha in files.items():
+        if not _plain_name(name) or name == "index.json":
+            raise bad(f"'files' names {name!r}, not a file of the index folder")
+        if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256):
+            raise bad(f"the checksum of {name} is {sha!r}, not a SHA-256")
+    for name in ["items.parquet"] + [f"{m}.faiss" for m in mods]:
+        if name not in files:
+            raise bad(f"'files' has no checksum for {name}")
+    return info
+
+
+def _plain_name(name) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in ("/", os.sep, "\x00"))
+    )
 
 
 def _file_sha256(path: Path) -> str:
@@ -475,18 +580,87 @@ def _merge_best(
     return s, r, m
 
 
-def _swap_in(tmp: Path, path: Path) -> None:
-    if not path.exists():
-        os.replace(tmp, path)
+def _not_owned_because(path: Path) -> str | None:
+    """Why the existing folder ``path`` is not an index huse wrote (None: it is, or empty).
+
+    huse's own: ``index.json`` parses, carries the format marker, and lists every other
+    entry of the folder, each a plain file. The files' contents are not checked: a damaged
+    index is still huse's to replace.
+    """
+    entries = sorted(path.iterdir())
+    if not entries:
+        return None
+    info_file = path / "index.json"
+    if not info_file.is_file() or info_file.is_symlink():
+        return "it has no index.json"
+    try:
+        info = json.loads(info_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        # A damaged index.json (truncated, bit-flipped) beside nothing but the files an
+        # index holds is huse's own damaged index: rebuilding it is the promised repair.
+        if all(e.name in _LEGACY_FILES and e.is_file() and not e.is_symlink() for e in entries):
+            return None
+        return "its index.json is not valid JSON"
+    if not isinstance(info, dict):
+        return "its index.json is not a huse index's"
+    if info.get("format") == FORMAT and isinstance(info.get("files"), dict):
+        listed = {"index.json", *info["files"]}
+    elif info.get("format") == 1:  # written before the marker: it held exactly these
+        listed = _LEGACY_FILES
+    else:
+        return "its index.json has no huse-index format marker"
+    for e in entries:
+        if e.name not in listed:
+            return f"it holds {e.name}, which its index.json does not list"
+        if e.is_symlink() or not e.is_file():
+            return f"{e.name} is not a plain file"
+    return None
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Raise ``UnsafeOutputError`` unless an index may be written to ``path``.
+
+    Fine: a path that does not exist (under folders), an empty folder, or an index folder
+    huse wrote (see ``_not_owned_because``). Anything else would be deleted or shadowed.
+    """
+    path = Path(path)
+    fix = "choose another --out or remove it by hand"
+    if path.is_symlink():
+        raise UnsafeOutputError(f"{path} is a symbolic link; {fix}")
+    if path.exists():
+        if not path.is_dir():
+            raise UnsafeOutputError(f"{path} is a file, not a folder; {fix}")
+        why = _not_owned_because(path)
+        if why is not None:
+            raise UnsafeOutputError(
+                f"{path} is not an index folder huse wrote ({why}); refusing to replace it: {fix}"
+            )
         return
-    if not (path / "index.json").exists() and any(path.iterdir()):
-        raise CatalogueIndexError(
-            f"{path} exists and is not a huse index; choose another --out or remove it"
-        )
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UnsafeOutputError(
+                    f"{path} cannot be a folder: {parent} is a file; choose another --out"
+                )
+            return
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    check_output_dir(path)
+    if not path.exists() or not any(path.iterdir()):
+        os.replace(tmp, path)  # rename(2) replaces an empty folder
+        return
+    checked = [e.name for e in path.iterdir()]
     old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
     os.replace(path, old / "index")
     os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    # Delete by name only the files just checked to be huse's, never a tree: rmdir fails,
+    # and keeps the folder, if anything else appeared in between.
+    with contextlib.suppress(OSError):
+        for name in checked:
+            (old / "index" / name).unlink()
+        (old / "index").rmdir()
+        old.rmdir()
 
 
 def resolve_index_dir(path: str | Path) -> Path:
@@ -533,7 +707,8 @@ def build_index(
             indexes[m] = _build_one(np.asarray(vectors[m], dtype=np.float32), factory, config)
             _apply_search_params(indexes[m], params)
     meta = {
-        "format": FORMAT_VERSION,
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
         "factory": factory,
         "requested": config.factory,
         "metric": "inner_product",
@@ -561,6 +736,33 @@ def model_fingerprint(model_dir: str | Path) -> str:
 def model_dir_of(run: str | Path) -> Path:
     run = Path(run)
     return run / "model" if (run / "model" / "config.json").exists() else run
+
+
+def require_model_dir(run: str | Path) -> Path:
+    """The model folder of a run folder (or a bare model folder); ``RunError`` when none."""
+    run = Path(run)
+    if not run.exists():
+        raise RunError(f"{run}: no such run folder; train one with `huse fit MANIFEST --out {run}`")
+    if not run.is_dir():
+        raise RunError(f"{run} is a file, not a run folder from `huse fit`")
+    model_dir = model_dir_of(run)
+    for name in ("config.json", "model.safetensors"):
+        if not (model_dir / name).is_file():
+            raise RunError(
+                f"{run}: not a huse model directory (no {name}); pass a run folder from "
+                "`huse fit` or its model/ folder"
+            )
+    return model_dir
+
+
+def _read_run_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RunError(f"{file} is unreadable ({type(e).__name__}: {e}); pass --manifest") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{file} is not a JSON object; pass --manifest")
+    return data
 
 
 def embed_catalogue(
@@ -630,15 +832,22 @@ def index_run(
     from huse.model import HUSEModel
 
     run = Path(run)
-    model_dir = model_dir_of(run)
-    model = HUSEModel.load(model_dir)
+    config = config or IndexConfig()
+    model_dir = require_model_dir(run)
+    target = Path(out) if out is not None else run / "index"
+    # Every check that needs no embedding comes first: a bad --out or factory string is
+    # reported in a second, not after the whole catalogue was embedded.
+    check_output_dir(target)
     if manifest is None:
-        if not (run / "run.json").exists():
-            raise CatalogueIndexError(f"{run} has no run.json naming its manifest; pass --manifest")
-        manifest = json.loads((run / "run.json").read_text())["manifest"]
+        run_json = run / "run.json"
+        manifest = _read_run_json(run_json).get("manifest") if run_json.is_file() else None
+        if not isinstance(manifest, str) or not manifest:
+            raise RunError(f"{run} has no run.json naming its manifest; pass --manifest")
     data_config = None
     if (run / "data_config.json").exists():
-        data_config = DataConfig.from_dict(json.loads((run / "data_config.json").read_text()))
+        data_config = DataConfig.from_dict(_read_run_json(run / "data_config.json"))
+    model = HUSEModel.load(model_dir)
+    check_factory(config.factory, model.info.model.embed_dim, config.search_params)
     t0 = time.perf_counter()
     items, vectors, skipped = embed_catalogue(model, manifest, data_config, progress=progress)
     seconds_embed = time.perf_counter() - t0
@@ -654,7 +863,6 @@ def index_run(
         "seconds_embed": round(seconds_embed, 3),
     }
     index = build_index(vectors, items, config, info)
-    target = Path(out) if out is not None else run / "index"
     index.save(target)
     return index, target
 

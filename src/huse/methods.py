@@ -6,6 +6,7 @@ classifier kind and the loss module, so the comparison between methods is one fl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from huse.errors import ConfigError
 from huse.losses import (
     GapLoss,
     HUSELoss,
@@ -111,10 +113,60 @@ class TrainConfig:
     device: str = "cpu"
     bf16: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked here, not in the CLI, so a config file or a library call gets the same
+        # one-line answer as a flag: `--lr nan` would otherwise train for minutes on NaNs.
+        bad = _config_problems(self)
+        if bad:
+            raise ConfigError(f"invalid training settings: {'; '.join(bad)}")
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+OPTIMIZERS = ("adamw", "rmsprop")
+GRAPH_SOURCES = ("names", "tree", "mix")
+
+
+def _config_problems(c: TrainConfig) -> list[str]:
+    """What is out of range in ``c``, each as ``name value: what it must be``."""
+    bad: list[str] = []
+
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            bad.append(f"{name} {getattr(c, name)!r}: {what}")
+
+    for f in fields(c):
+        v = getattr(c, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            bad.append(f"{f.name} {v!r}: must be a finite number")
+    if bad:
+        return bad
+    need(c.epochs >= 1, "epochs", "at least 1")
+    need(c.batch_size >= 2, "batch_size", "at least 2 (the losses compare items of a batch)")
+    need(c.lr > 0, "lr", "greater than 0")
+    need(c.weight_decay >= 0, "weight_decay", "0 or more")
+    need(0 <= c.momentum < 1, "momentum", "in [0, 1)")
+    for name in ("alpha", "beta", "gamma", "delta", "hier_smoothing"):
+        need(getattr(c, name) >= 0, name, "0 or more")
+    need(c.margin > 0, "margin", "greater than 0")
+    need(c.xmodal_temperature > 0, "xmodal_temperature", "greater than 0")
+    need(c.graph_scale > 0, "graph_scale", "greater than 0")
+    need(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)")
+    need(c.embed_dim >= 1, "embed_dim", "at least 1")
+    need(0 <= c.dropout < 1, "dropout", "in [0, 1)")
+    need(0 <= c.input_dropout < 1, "input_dropout", "in [0, 1)")
+    need(c.image_layers >= 0, "image_layers", "0 or more")
+    need(c.logit_scale > 0, "logit_scale", "greater than 0")
+    need(0 <= c.fusion_weight <= 1, "fusion_weight", "in [0, 1]")
+    need(0 <= c.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
+    need(c.patience >= 0, "patience", "0 or more")
+    need(c.min_epochs >= 0, "min_epochs", "0 or more")
+    need(c.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    need(c.graph_source in GRAPH_SOURCES, "graph_source", f"one of {', '.join(GRAPH_SOURCES)}")
+    return bad
 
 
 PRESETS: dict[str, dict] = {
@@ -154,9 +206,9 @@ def resolve_config(method: str = "huse", preset: str = "default", **overrides) -
     """A TrainConfig from a preset, then the method's own defaults, then ``overrides``
     (``None`` values are ignored, so CLI flags left unset keep the preset's value)."""
     if preset not in PRESETS:
-        raise KeyError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
     if method not in METHODS:
-        raise KeyError(f"unknown method {method!r}; known: {list_methods()}")
+        raise ConfigError(f"unknown method {method!r}; known: {', '.join(list_methods())}")
     cfg = replace(TrainConfig(), method=method, preset=preset, **PRESETS[preset])
     cfg = replace(cfg, **METHODS[method].defaults)
     return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
@@ -188,7 +240,7 @@ def list_methods() -> list[str]:
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; known: {list_methods()}")
+        raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
     return METHODS[name]
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from huse._io import atomic_path, atomic_write_text
+from huse.errors import RunError
 
 CLASSIFIERS = ("shared", "separate", "concat", "none")
 
@@ -194,6 +195,9 @@ class ModelInfo:
     text_backbone: str = "minilm-l6"
     method: str = "huse"
     extra: dict = field(default_factory=dict)
+    # The backbones' preprocessing options: queries must be embedded as the catalogue was.
+    image_fit: str | None = None
+    text_pooling: str | None = None
 
 
 class HUSEModel:
@@ -224,7 +228,9 @@ class HUSEModel:
         if self._image_bb is None:
             from huse.backbones import get_backbone
 
-            self._image_bb = get_backbone(self.info.image_backbone, "image")
+            self._image_bb = get_backbone(
+                self.info.image_backbone, "image", image_fit=self.info.image_fit
+            )
         return self._image_bb
 
     @property
@@ -232,7 +238,9 @@ class HUSEModel:
         if self._text_bb is None:
             from huse.backbones import get_backbone
 
-            self._text_bb = get_backbone(self.info.text_backbone, "text")
+            self._text_bb = get_backbone(
+                self.info.text_backbone, "text", text_pooling=self.info.text_pooling
+            )
         return self._text_bb
 
     # -- features → embeddings -------------------------------------------------------
@@ -331,7 +339,10 @@ class HUSEModel:
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         with atomic_path(path / "model.safetensors") as tmp:
-            save_file(state, str(tmp), metadata={"format": "pt", "huse": "1"})
+            # One metadata entry: safetensors writes its metadata map in hash order, so two
+            # entries came out in either order and equal weights got another SHA-256 (the
+            # index's model fingerprint). The tensors themselves are laid out sorted.
+            save_file(state, str(tmp), metadata={"format": "pt"})
         atomic_write_text(path / "config.json", json.dumps(asdict(self.info), indent=2))
         atomic_write_text(
             path / "classes.json",
@@ -347,20 +358,63 @@ class HUSEModel:
 
     @classmethod
     def load(cls, path: str | Path) -> HUSEModel:
+        """Read a model directory (or a run folder holding ``model/``) written by ``save``.
+
+        Only JSON, safetensors and ``.npy`` without pickles are read: nothing in the folder
+        can run code.
+
+        Raises:
+            huse.errors.RunError: the path is missing, not a model directory, or one of its
+                files is damaged; the message names the file.
+        """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         from huse.data.text import TfidfFeatures
 
         path = Path(path)
+        if not path.exists():
+            raise RunError(
+                f"{path} does not exist; give the folder of a trained model (a run folder "
+                "written by `huse fit`, or its model/)"
+            )
         if (path / "model" / "config.json").exists():  # a run folder
             path = path / "model"
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path}: not a huse model directory (no config.json)")
-        raw = json.loads((path / "config.json").read_text())
-        raw["model"] = ModelConfig(**raw["model"])
-        info = ModelInfo(**raw)
-        net = HUSENet(info.model)
-        net.load_state_dict(load_file(str(path / "model.safetensors")))
-        tfidf = TfidfFeatures.load(path / "tfidf.json") if (path / "tfidf.json").exists() else None
-        graph = np.load(path / "graph.npy") if (path / "graph.npy").exists() else None
+            raise RunError(
+                f"{path}: not a huse model directory (no config.json); give a run folder "
+                "written by `huse fit`, or its model/"
+            )
+        redo = f"Re-run `huse fit` (or `huse train`) to write {path} again."
+        config = path / "config.json"
+        try:
+            raw = json.loads(config.read_text(encoding="utf-8"))
+            raw["model"] = ModelConfig(**raw["model"])
+            info = ModelInfo(**raw)
+            net = HUSENet(info.model)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+            raise RunError(f"{config} is damaged ({type(e).__name__}: {e}). {redo}") from e
+        weights = path / "model.safetensors"
+        if not weights.exists():
+            raise RunError(f"{weights} is missing. {redo}")
+        try:
+            net.load_state_dict(load_file(str(weights)))
+        except (OSError, SafetensorError, RuntimeError, ValueError) as e:
+            raise RunError(
+                f"{weights} is damaged or does not match {config} "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:300]}). {redo}"
+            ) from e
+        tfidf = graph = None
+        if (path / "tfidf.json").exists():
+            try:
+                tfidf = TfidfFeatures.load(path / "tfidf.json")
+            except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+                msg = f"{path / 'tfidf.json'} is damaged ({type(e).__name__}: {e}). {redo}"
+                raise RunError(msg) from e
+        if (path / "graph.npy").exists():
+            try:
+                graph = np.load(path / "graph.npy", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                msg = f"{path / 'graph.npy'} is damaged ({type(e).__name__}: {e}). {redo}"
+                raise RunError(msg) from e
         return cls(net, info, tfidf=tfidf, graph=graph)

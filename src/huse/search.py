@@ -13,17 +13,39 @@ from pathlib import Path
 
 import numpy as np
 
+from huse.data.text import has_letters, normalize_text
+from huse.errors import QueryError
 from huse.index import (
     SEARCH_MODALITIES,
     CatalogueIndex,
     CatalogueIndexError,
     load_index,
-    model_dir_of,
     model_fingerprint,
+    require_model_dir,
 )
 from huse.model import HUSEModel
 
 MAX_K = 1000
+HIT_COLUMNS = ("id", "image", "text", "classes")
+
+
+def query_text(text: str) -> str:
+    """A query text as the model sees it; ``QueryError`` when nothing of it is left.
+
+    The manifest reader's rule for item texts: markup, URLs and ``HASH(0x…)`` junk are
+    removed, and a text without a letter (only zero-width spaces, digits, punctuation)
+    has no words to embed. Such a query would still return k arbitrary items.
+    """
+    if not isinstance(text, str):
+        raise QueryError(f"query text must be a string, not {type(text).__name__}")
+    clean = normalize_text(text)
+    if not clean or not has_letters(clean):
+        shown = text if len(text) <= 60 else text[:59] + "…"
+        raise QueryError(
+            f"empty query: {shown!r} has no words once markup, URLs and invisible "
+            "characters are removed; type some words"
+        )
+    return clean
 
 
 @dataclass
@@ -81,13 +103,16 @@ class Searcher:
                 f"the model embeds in {model.info.model.embed_dim} dims, the index holds "
                 f"{index.dim}; rebuild it with `huse index RUN`"
             )
+        missing = [c for c in HIT_COLUMNS if c not in index.items.columns]
+        if missing:
+            raise CatalogueIndexError(
+                f"the index's items lack the columns {missing}; rebuild it with `huse index RUN`"
+            )
         self.model = model
         self.index = index
         self.sep = index.info.get("model", {}).get("sep", model.info.sep)
         # Plain lists: a result row is read without a pandas row object.
-        self._cols = {
-            c: index.items[c].astype(str).tolist() for c in ("id", "image", "text", "classes")
-        }
+        self._cols = {c: index.items[c].astype(str).tolist() for c in HIT_COLUMNS}
         # The towers and backbones are shared; one query embeds at a time.
         self._lock = threading.Lock()
 
@@ -95,8 +120,13 @@ class Searcher:
     def from_run(
         cls, run: str | Path, index: str | Path | None = None, search_params: str | None = None
     ) -> Searcher:
-        """Load ``RUN/model`` and ``RUN/index`` (or the index folder ``index``)."""
-        model_dir = model_dir_of(run)
+        """Load ``RUN/model`` and ``RUN/index`` (or the index folder ``index``).
+
+        Raises:
+            RunError: ``run`` is not a run or model folder.
+            CatalogueIndexError: no index, a damaged one, or one of another model.
+        """
+        model_dir = require_model_dir(run)
         model = HUSEModel.load(model_dir)
         idx = load_index(index if index is not None else run, search_params)
         return cls(model, idx, model_fingerprint(model_dir))
@@ -117,6 +147,9 @@ class Searcher:
             return self.model.encode_image([image])
 
     def search_text(self, text: str, k: int = 10, modality: str = "image") -> list[Hit]:
+        """Items nearest a text (raises ``QueryError`` when it has no words, see
+        ``query_text``)."""
+        query_text(text)  # the check only: encode_text normalises the text itself
         return self.search_vector(self.embed_text(text), k, modality)
 
     def search_image(self, image, k: int = 10, modality: str = "image") -> list[Hit]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
-import hashlib
 import io
-import os
 import random
 import time
 import warnings
@@ -26,7 +24,18 @@ from tqdm.auto import tqdm
 
 from huse._dist import all_reduce_mean, broadcast_flag, gather
 from huse._dist import setup as _dist_setup
-from huse._io import atomic_path, atomic_write_text
+from huse._io import atomic_write_text
+from huse.checkpoint import (  # noqa: F401  (re-exported: the names callers know)
+    CHECKPOINT_KEYS,
+    RESUMABLE_SETTINGS,
+    CheckpointError,
+    CheckpointWarning,
+    data_fingerprint,
+    load_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
+from huse.errors import DataError
 from huse.evaluate import evaluate_net, summary_scores
 from huse.methods import TrainConfig, get_method
 from huse.model import HUSENet, ModelConfig, csr_to_torch
@@ -150,131 +159,35 @@ def _average_grads(module: torch.nn.Module) -> None:
             p.grad = all_reduce_mean(p.grad)
 
 
-# -- checkpoints ------------------------------------------------------------------------
-# Settings that may change between a run and its resume; any other difference is refused.
-RESUMABLE_SETTINGS = ("epochs", "patience", "min_epochs", "device", "bf16")
-CHECKPOINT_KEYS = ("net", "loss", "opt", "epoch", "best_score", "best_epoch", "bad", "history")
+# Validation retrieval needs a gallery besides the query: fewer items cannot be scored.
+MIN_VAL_ITEMS = 2
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed with these settings; the message says why."""
+class SplitWarning(UserWarning):
+    """The validation split is too small to early-stop on; the training loss stands in."""
 
 
-class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was set aside; training falls back to the previous one."""
-
-
-def _digest_update(h, obj) -> None:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(obj, np.ndarray):
-        h.update(f"A{obj.dtype}{obj.shape}".encode())
-        h.update(np.ascontiguousarray(obj).tobytes())
-    elif isinstance(obj, dict):
-        h.update(b"{")
-        for k in sorted(obj, key=repr):
-            h.update(repr(k).encode() + b":")
-            _digest_update(h, obj[k])
-        h.update(b"}")
-    elif isinstance(obj, (list, tuple)):
-        h.update(b"[")
-        for v in obj:
-            _digest_update(h, v)
-        h.update(b"]")
-    else:
-        h.update(f"{type(obj).__name__}:{obj!r};".encode())
-
-
-def state_digest(state: dict) -> str:
-    """SHA-256 over a checkpoint's content (tensors by their bytes), its ``sha256`` aside."""
-    h = hashlib.sha256()
-    _digest_update(h, {k: v for k, v in state.items() if k != "sha256"})
-    return h.hexdigest()
-
-
-def data_fingerprint(fs) -> str:
-    """What a checkpoint was trained on: items, labels, split and feature shapes."""
-    h = hashlib.sha256()
-    for col in ("id", "label", "split"):
-        h.update("\x1f".join(map(str, fs.items[col].tolist())).encode("utf-8", "replace"))
-        h.update(b"\x1e")
-    h.update(repr((fs.image.shape, fs.text.shape, fs.tfidf.shape, len(fs.hierarchy))).encode())
-    return h.hexdigest()
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write ``state`` with its digest, atomically; the one before it becomes ``prev.pt``."""
-    state = dict(state)
-    state["sha256"] = state_digest(state)
-    if path.exists():
-        os.replace(path, path.with_name("prev.pt"))
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _read_checkpoint(path: Path) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict):
-        raise ValueError("not a huse checkpoint (not a dictionary)")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"not a huse checkpoint (missing {missing})")
-    if "sha256" in state and state_digest(state) != state["sha256"]:
-        raise ValueError("sha256 checksum mismatch")
-    return state
-
-
-def load_checkpoint(path: Path, cfg: TrainConfig, data: str | None = None, *, rank: int = 0):
-    """The newest intact checkpoint of ``path`` and ``prev.pt`` beside it, or None.
-
-    A damaged one (truncated, unreadable, failed digest) is reported with its file name
-    as a ``CheckpointWarning``, renamed to ``*.damaged`` and skipped, so training resumes
-    from the one before it (or from scratch): only the lost epochs are recomputed.
+def check_splits(fs, *, warn: bool = True) -> None:
+    """Refuse a feature set with no train items; warn when validation cannot be scored.
 
     Raises:
-        CheckpointError: the checkpoint was made with other settings or other data.
+        DataError: the train split is empty.
     """
-    for p in (path, path.with_name("prev.pt")):
-        if not p.exists():
-            continue
-        try:
-            state = _read_checkpoint(p)
-        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError...
-            fallback = "prev.pt" if p == path else "no checkpoint: training starts over"
-            warnings.warn(
-                f"damaged checkpoint {p} ({type(e).__name__}: {str(e)[:200]}); set aside as "
-                f"{p.name}.damaged, resuming from {fallback}",
-                CheckpointWarning,
-                stacklevel=2,
-            )
-            if rank == 0:
-                with contextlib.suppress(OSError):
-                    os.replace(p, p.with_name(p.name + ".damaged"))
-            continue
-        _check_resumable(p, state, cfg, data)
-        return state
-    return None
-
-
-def _check_resumable(path: Path, state: dict, cfg: TrainConfig, data: str | None) -> None:
-    saved, now = state.get("config") or {}, asdict(cfg)
-    diff = [
-        f"{k}: checkpoint {saved[k]!r}, now {now[k]!r}"
-        for k in now
-        if k in saved and k not in RESUMABLE_SETTINGS and saved[k] != now[k]
-    ]
-    if diff:
-        raise CheckpointError(
-            f"{path} was made with other training settings ({'; '.join(diff)}). Resume with "
-            "the same settings, or train into a new --out folder (or delete "
-            f"{path.parent}) to start over."
+    n = {s: len(fs.split_indices(s)) for s in ("train", "val", "test")}
+    if n["train"] == 0:
+        raise DataError(
+            f"the train split is empty ({n['val']} val, {n['test']} test items): nothing to "
+            "learn from. Give some rows split 'train' in the manifest's split column, or drop "
+            "the column to let huse split the data."
         )
-    if data is not None and state.get("data") not in (None, data):
-        raise CheckpointError(
-            f"{path} was trained on other data (items, classes, split or features differ). "
-            f"Train into a new --out folder, or delete {path.parent} to start over."
+    if n["val"] < MIN_VAL_ITEMS and warn:
+        warnings.warn(
+            f"the validation split has {n['val']} items (early stopping needs at least "
+            f"{MIN_VAL_ITEMS}): training runs up to the epoch cap and keeps the epoch with "
+            "the lowest training loss. Give more rows split 'val', or classes with more items "
+            "(small classes go to train only).",
+            SplitWarning,
+            stacklevel=3,
         )
 
 
@@ -308,8 +221,7 @@ def train(
     amp = _autocast(cfg, device, warn=rank == 0)
     net = HUSENet(model_config(fs, cfg))
     tr = fs.split_indices("train")
-    if len(tr) == 0:
-        raise ValueError("the train split is empty: nothing to learn from")
+    check_splits(fs, warn=rank == 0)
     _set_input_stats(net, fs, tr)
     # Each rank takes every world-th item of one shared, seeded permutation per epoch; its
     # batches of batch_size // world gathered across ranks are exactly the global batches
@@ -334,7 +246,7 @@ def train(
     model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
-    has_val = len(fs.split_indices("val")) >= 2
+    has_val = len(fs.split_indices("val")) >= MIN_VAL_ITEMS
 
     out = Path(out) if out is not None else None
     ckpt = out / "checkpoints" / "last.pt" if out is not None else None
@@ -353,12 +265,7 @@ def train(
         start_epoch, best_score = state["epoch"], state["best_score"]
         best_epoch, bad, history = state["best_epoch"], state["bad"], state["history"]
         best_state = state["best_state"]
-        if ema is not None:
-            if state.get("ema") is None:
-                raise ValueError(
-                    f"{ckpt} holds no averaged weights (it was trained without ema_decay); "
-                    "resume with ema_decay 0 or start a new run"
-                )
+        if ema is not None:  # check_resumable made sure the checkpoint has them
             ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") is not None and device.type == "cuda":

@@ -46,7 +46,7 @@ def test_minilm_pooling_ignores_padding(minilm):
     # The same numbers as pooling the model's hidden states by hand.
     enc = minilm.tokenizer([long], return_tensors="pt")
     with torch.no_grad():
-        hs = minilm.model(**enc).hidden_states
+        hs = minilm.model(**enc, output_hidden_states=True).hidden_states
     assert len(hs) == 7  # embeddings + 6 layers
     manual = torch.cat([h[0] for h in hs[-4:]], dim=-1).mean(dim=0)
     torch.testing.assert_close(batched[1], manual, atol=1e-5, rtol=1e-5)

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from huse.backbones import _registry, get_backbone, list_backbones, register_backbone
-from huse.backbones.text import HFTextEncoder, last4_mean_pool
+from huse.backbones import (
+    _registry,
+    describe_backbones,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+)
+from huse.backbones.image import IMAGENET_MEAN, IMAGENET_STD
+from huse.backbones.text import TEXT_POOLINGS, HFTextEncoder, last4_mean_pool
+from huse.errors import ConfigError
 
 
 def tiny_hidden_states() -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -60,23 +70,71 @@ def test_last4_mean_pool_uses_exactly_the_last_four_layers():
 
 
 def test_list_backbones():
-    assert list_backbones("image") == ["efficientnet-lite0", "efficientnet-lite2"]
-    assert list_backbones("text") == ["hf:<model-id>", "minilm-l6"]
-    assert list_backbones() == sorted(list_backbones("image") + list_backbones("text"))
+    hf = "hf:<model-id-or-folder>"
+    assert list_backbones("image") == ["efficientnet-lite0", "efficientnet-lite2", hf]
+    assert list_backbones("text") == [hf, "minilm-l6"]
+    # hf: is registered for both kinds but listed once.
+    assert list_backbones() == sorted(set(list_backbones("image") + list_backbones("text")))
 
 
-def test_unknown_backbone_lists_the_known_names():
-    with pytest.raises(KeyError) as e:
+def test_describe_backbones_loads_nothing():
+    rows = {(r["name"], r["kind"]): r for r in describe_backbones()}
+    assert set(rows) == {
+        ("efficientnet-lite0", "image"),
+        ("efficientnet-lite2", "image"),
+        ("hf:<model-id-or-folder>", "image"),
+        ("hf:<model-id-or-folder>", "text"),
+        ("minilm-l6", "text"),
+    }
+    assert rows[("efficientnet-lite2", "image")]["dim"] == 1280
+    assert rows[("minilm-l6", "text")]["dim"] == 1536
+    # The weight wheels are installed in this environment; the hub prefix has none.
+    assert rows[("minilm-l6", "text")]["offline"] is True
+    assert rows[("hf:<model-id-or-folder>", "image")]["offline"] is None
+    assert rows[("hf:<model-id-or-folder>", "image")]["dim"] is None
+    assert "image_fit" in rows[("hf:<model-id-or-folder>", "image")]["options"]
+    assert "text_pooling" in rows[("hf:<model-id-or-folder>", "text")]["options"]
+
+
+def test_unknown_backbone_is_a_config_error_listing_the_known_names():
+    with pytest.raises(ConfigError) as e:
         get_backbone("resnet-50")
     msg = str(e.value)
-    assert "'resnet-50'" in msg
-    for name in ("efficientnet-lite0", "efficientnet-lite2", "minilm-l6", "hf:<model-id>"):
+    assert "unknown backbone 'resnet-50'" in msg and "\n" not in msg
+    for name in (
+        "efficientnet-lite0",
+        "efficientnet-lite2",
+        "minilm-l6",
+        "hf:<model-id-or-folder>",
+    ):
         assert name in msg
 
 
-def test_wrong_kind_is_unknown():
-    with pytest.raises(KeyError, match=r"unknown image backbone 'minilm-l6'.*efficientnet-lite0"):
+def test_wrong_kind_says_which_kind_it_is():
+    with pytest.raises(ConfigError, match=r"'minilm-l6' is a text backbone, not an image one"):
         get_backbone("minilm-l6", "image")
+    with pytest.raises(ConfigError, match=r"unknown text backbone 'efficientnet-lite9'"):
+        get_backbone("efficientnet-lite9", "text")
+
+
+def test_hf_needs_a_kind_and_a_model():
+    with pytest.raises(ConfigError, match="exists as image and text; say which kind"):
+        get_backbone("hf:org/model")
+    with pytest.raises(ConfigError, match="needs a model after the prefix"):
+        get_backbone("hf:", "image")
+
+
+def test_options_none_means_default_and_unknown_options_are_refused():
+    bb = get_backbone("efficientnet-lite0", "image", image_fit=None, bf16=None, device="cpu")
+    assert (bb.image_fit, bb.bf16) == ("pad", False)
+    with pytest.raises(ConfigError, match=r"does not take text_pooling \(it takes: device"):
+        get_backbone("efficientnet-lite0", "image", text_pooling="mean")
+    with pytest.raises(ConfigError, match="does not take image_fit"):
+        get_backbone("minilm-l6", "text", image_fit="crop")
+    with pytest.raises(ConfigError, match="image_fit must be one of"):
+        get_backbone("efficientnet-lite0", "image", image_fit="stretch")
+    with pytest.raises(ConfigError, match="text_pooling must be one of"):
+        get_backbone("minilm-l6", "text", text_pooling="max")
 
 
 def test_backbones_are_built_lazily():
@@ -90,21 +148,86 @@ def test_backbones_are_built_lazily():
     assert txt.name == "minilm-l6"
     assert txt.max_tokens == 256  # from the model folder's sentence_bert_config.json
     assert "last4-concat-mean" in txt.version and txt.version.endswith("/256")
+    assert txt.dim == 1536
     assert "model" not in vars(txt)
+
+
+def test_default_versions_are_unchanged():
+    # The cache keys of the default settings must stay what they were before the options
+    # existed, or every user's feature cache would be recomputed.
+    img = get_backbone("efficientnet-lite2", "image")
+    assert img.version.endswith("/pad-white-v1/260")
+    txt = get_backbone("minilm-l6", "text")
+    pv = txt.version_tag
+    assert txt.version == f"minilm-l6/{pv}/last4-concat-mean-v1/salient-tfidf-mean-v2/256"
+
+
+def test_options_change_the_version():
+    pad = get_backbone("efficientnet-lite0", "image").version
+    crop = get_backbone("efficientnet-lite0", "image", image_fit="crop").version
+    half = get_backbone("efficientnet-lite0", "image", bf16=True).version
+    assert len({pad, crop, half}) == 3 and crop.endswith("/crop-centre-v1/224")
+    versions = {p: get_backbone("minilm-l6", "text", text_pooling=p).version for p in TEXT_POOLINGS}
+    assert len(set(versions.values())) == 4
+    assert "/model-st-mean-norm-v1/" in versions["model"]
+    dims = {p: get_backbone("minilm-l6", "text", text_pooling=p).dim for p in TEXT_POOLINGS}
+    assert dims == {"last4": 1536, "mean": 384, "cls": 384, "model": 384}
+
+
+def test_efficientnet_crop_keeps_the_centre():
+    bb = get_backbone("efficientnet-lite0", "image", image_fit="crop")
+    # A wide image: left third red, rest blue; the centre crop is all blue.
+    img = Image.new("RGB", (300, 100), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 100, 100))
+    x = bb.preprocess(img)
+    assert x.shape == (3, 224, 224)
+    blue = (np.array([0.0, 0.0, 1.0], dtype=np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(x[:, 5, 5].numpy(), blue, rtol=1e-5)
+    np.testing.assert_allclose(x[:, 112, 112].numpy(), blue, rtol=1e-5)
 
 
 def test_prefix_backbone():
     enc = get_backbone("hf:org/some-model", "text", max_tokens=128)
     assert isinstance(enc, HFTextEncoder)
     assert (enc.name, enc.path, enc.max_tokens) == ("hf:org/some-model", "org/some-model", 128)
+    rev = get_backbone("hf:org/some-model@v2", "text")
+    assert (rev.path, rev.source.revision) == ("org/some-model", "v2")
 
 
 def test_register_a_new_backbone(monkeypatch):
-    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    monkeypatch.setattr(_registry, "_ENTRIES", dict(_registry._ENTRIES))
 
     @register_backbone("toy", "image")
     def toy(**kw):
+        """A toy."""
         return ("toy", kw)
 
     assert "toy" in list_backbones("image")
     assert get_backbone("toy", "image", device="cpu") == ("toy", {"device": "cpu"})
+    row = next(r for r in describe_backbones("image") if r["name"] == "toy")
+    assert row["summary"] == "A toy." and row["offline"] is None
+
+
+@pytest.mark.slow
+def test_a_texts_features_do_not_depend_on_its_batch_companions():
+    """The cache keys a text's features by its content alone, so they must not change with
+    the texts that shared its batch (torchrun ranks, resumed runs batch differently)."""
+    import random
+    from pathlib import Path
+
+    import pandas as pd
+
+    from huse.backbones import get_backbone
+
+    demo = Path(__file__).resolve().parents[2] / "data" / "openclipart-demo"
+    bb = get_backbone("minilm-l6", "text")
+    texts = pd.read_csv(demo / "manifest_stripped.csv")["text"].astype(str).tolist()[:160]
+    texts = [bb.prepare(t) for t in texts]
+    ref = torch.cat([bb.forward(texts[i : i + 64]) for i in range(0, len(texts), 64)])
+    order = list(range(len(texts)))
+    random.Random(0).shuffle(order)
+    out = torch.zeros_like(ref)
+    for s in range(0, len(order), 37):
+        chunk = order[s : s + 37]
+        out[chunk] = bb.forward([texts[i] for i in chunk])
+    assert torch.equal(out, ref)

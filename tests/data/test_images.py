@@ -123,6 +123,75 @@ def test_huge_jpeg_is_decoded_at_reduced_scale(tmp_path):
     assert img.size == (500, 375)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P", "I;16", "L"])
+@pytest.mark.parametrize("factor", [2, 3, 7])
+def test_strip_reduction_equals_whole_image_reduction(mode, factor):
+    """The strips tile the image on the reduction's own grid: the same pixels as one
+    conversion and reduce() of the whole image, on sizes that do not divide evenly."""
+    from huse.data.images import STRIP_ROWS, _reduce_in_strips, _reducible
+
+    rng = np.random.default_rng(factor)
+    h, w = STRIP_ROWS * factor * 2 + 5, 301
+    if mode == "P":
+        img = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).convert("P")
+        img.info["transparency"] = 7
+    elif mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16))
+    else:
+        shape = (h, w, len(mode)) if len(mode) > 1 else (h, w)
+        img = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+    got, want = _reduce_in_strips(img, factor), _reducible(img).reduce(factor)
+    assert (got.mode, got.size) == (want.mode, want.size)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+_PEAK = """
+import resource, sys
+from huse.data.images import load_image
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+img = load_image(data, max_pixels=40_000_000)
+print(img.size[0], (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "colour", "decoded_mb"),
+    [("RGBA", (200, 30, 30, 128), 64.0), ("P", 3, 16.0)],
+)
+def test_decoding_a_large_png_peaks_near_its_decoded_size(tmp_path, mode, colour, decoded_mb):
+    """A 16 MP upload of a few kB: decoded once, then reduced without full-size copies
+    (whole-image reduce() doubles an RGBA image; converting a palette image to RGBA
+    quadruples it)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "big.png"
+    Image.new(mode, (4000, 4000), colour).save(path)
+    assert path.stat().st_size < 200_000
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    side, peak_mb = out.stdout.split()
+    assert int(side) == 1024
+    assert float(peak_mb) < 1.3 * decoded_mb + 12, (peak_mb, decoded_mb)
+
+
+def test_thumbnail_bytes_is_bounded_and_encoded(tmp_path):
+    from huse.data.images import thumbnail_bytes
+
+    path = tmp_path / "wide.png"
+    Image.new("RGBA", (3000, 1000), (0, 0, 255, 0)).save(path)
+    for fmt in ("WEBP", "JPEG"):
+        thumb = Image.open(io.BytesIO(thumbnail_bytes(path, 96, fmt=fmt)))
+        assert thumb.format == fmt and thumb.size[0] == 96 and thumb.size[1] in (32, 33)
+        # Transparent on white, as everywhere else.
+        assert np.asarray(thumb.convert("RGB")).mean() > 250
+    with pytest.raises(ImageError, match="too large"):
+        thumbnail_bytes(path, 96, max_pixels=1000)
+
+
 def test_small_images_are_not_upscaled():
     img = load_image(png_bytes(noise(30, 20)), max_side=1024)
     assert img.size == (30, 20)

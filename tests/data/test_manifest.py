@@ -309,3 +309,162 @@ def test_unreadable_file(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", deny)
     with pytest.raises(ManifestError, match=r"m\.csv: cannot read manifest: .*Permission denied"):
         read_manifest(path)
+
+
+# --- reliability: long texts, damaged quoting, duplicate columns, JSON types, ids ------
+
+
+def test_a_50_mb_text_is_cut_to_the_limit_and_the_row_is_kept_with_a_note(folder):
+    huge = "abcdefghij" * 5_000_000  # 50 MB, no spaces: the cut lands exactly on the limit
+    rows = [GOOD[0], ["big", "img/b.png", huge, "k"], GOOD[2]]
+    m = read_manifest(write_csv(folder / "m.csv", rows))
+    assert m.items["id"].tolist() == ["x1", "big", "x3"]
+    text = m.items.set_index("id").loc["big", "text"]
+    assert len(text) == ManifestConfig().max_text_chars == 20_000
+    assert text == huge[:20_000]
+    assert m.skipped == []
+    assert [(n.row, n.id, n.column) for n in m.notes] == [(2, "big", "text")]
+    assert m.notes[0].reason == "text truncated to 20000 characters (was 50000000)"
+    assert m.notes_frame()[["row", "id"]].values.tolist() == [[2, "big"]]
+
+
+def test_text_limit_applies_to_every_format_and_can_be_set(folder):
+    long = "word " * 1000  # 5,000 characters
+    cfg = ManifestConfig(max_text_chars=100)
+    records = [{"id": "j", "image": "img/a.png", "text": long, "classes": "k"}]
+    m = read_manifest(write_jsonl(folder / "m.jsonl", records), cfg)
+    assert m.items["text"].tolist() == [("word " * 20).strip()]
+    assert [n.row for n in m.notes] == [1]
+    path = folder / "m.parquet"
+    pd.DataFrame(records).to_parquet(path)
+    assert len(read_manifest(path, cfg).items["text"][0]) == 99  # cut, then the space dropped
+    # A text over the limit before cleaning but under it after is not cut, and no note.
+    spaced = "a" + " " * 150 + "b"
+    m = read_manifest(write_csv(folder / "s.csv", [["s", "img/a.png", spaced, "k"]]), cfg)
+    assert m.items["text"].tolist() == ["a b"] and m.notes == []
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5])
+def test_text_limit_must_be_a_positive_integer(folder, bad):
+    from huse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_text_chars"):
+        read_manifest(write_csv(folder / "m.csv", GOOD), ManifestConfig(max_text_chars=bad))
+
+
+def test_unterminated_quote_is_reported_and_later_rows_are_kept(folder):
+    path = folder / "m.csv"
+    path.write_text(
+        "id,image,text,classes\n"
+        "1,img/a.png,one,k\n"
+        "2,img/a.png,two,k\n"
+        "3,img/a.png,three,k\n"
+        '4,img/a.png,"four is broken,k\n'  # the quote is never closed ...
+        '5,img/b.png,"five",k\n'  # ... until this row's opening quote
+        "6,img/c.png,six,k\n",
+        encoding="utf-8",
+    )
+    m = read_manifest(path)
+    assert m.items["id"].tolist() == ["1", "2", "3", "6"]
+    assert m.items["row"].tolist() == [1, 2, 3, 6]  # numbering stays on the file's rows
+    assert [(s.row, s.id, s.column) for s in m.skipped] == [(4, "", "")]
+    assert m.skipped[0].reason.startswith("unterminated quote: rows 4-5 merged")
+
+
+def test_unterminated_quote_to_the_end_of_the_file(folder):
+    path = folder / "m.csv"
+    path.write_text(
+        'id,image,text,classes\n1,img/a.png,one,k\n2,img/a.png,"two,k\n'
+        "3,img/a.png,three,k\n4,img/a.png,four,k\n",
+        encoding="utf-8",
+    )
+    m = read_manifest(path)
+    assert m.items["id"].tolist() == ["1"]
+    assert [s.row for s in m.skipped] == [2]
+    assert m.skipped[0].reason.startswith("unterminated quote: rows 2-4 merged")
+
+
+def test_quoted_fields_with_newlines_are_not_mistaken_for_broken_quotes(folder):
+    rows = [
+        ["1", "img/a.png", 'line one\n2,img/b.png,"quoted",k\nend', "k"],  # looks like a row
+        ["2", "img/b.png", 'he said ""hi""\n\n, and, more, commas', "k"],
+        ["3", "img/c.png", "plain", "k"],
+    ]
+    m = read_manifest(write_csv(folder / "m.csv", rows))
+    assert m.items["id"].tolist() == ["1", "2", "3"]
+    assert m.skipped == []
+
+
+def test_duplicate_column_is_refused_naming_it_and_the_file(folder):
+    path = write_csv(folder / "m.csv", [r + [""] for r in GOOD], header=HEADER + ["text"])
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    msg = str(e.value)
+    assert str(path) in msg and "'text' appears 2 times" in msg
+    # Empty names (trailing commas of a spreadsheet export) are not columns anyone reads.
+    path.write_text("id,image,text,classes,,\nx1,img/a.png,red,k,,\n", encoding="utf-8")
+    assert read_manifest(path).items["id"].tolist() == ["x1"]
+
+
+def test_duplicate_parquet_column_is_refused(folder, monkeypatch):
+    path = folder / "m.parquet"
+    pd.DataFrame(GOOD, columns=HEADER).to_parquet(path)
+    dup = pd.DataFrame([r + ["x"] for r in GOOD], columns=HEADER + ["classes"])
+    monkeypatch.setattr(pd, "read_parquet", lambda *a, **k: dup)  # pyarrow may keep both
+    with pytest.raises(ManifestError, match="'classes' appears 2 times"):
+        read_manifest(path)
+
+
+def test_a_non_text_split_skips_that_row_only(folder):
+    records = [dict(zip(HEADER, r)) for r in GOOD]
+    records[1]["split"] = 123  # the only record with a split key
+    m = read_manifest(write_jsonl(folder / "m.jsonl", records))
+    assert m.items["id"].tolist() == ["x1", "x3"]
+    assert not m.has_split  # no usable split value anywhere: split automatically
+    assert [(s.row, s.id, s.column, s.reason) for s in m.skipped] == [
+        (2, "x2", "split", "split 123 is not one of ['train', 'val', 'test']")
+    ]
+    # With valid split values elsewhere the column is used and the bad one still skipped.
+    records[0]["split"], records[2]["split"] = "train", "test"
+    m = read_manifest(write_jsonl(folder / "m.jsonl", records))
+    assert m.items["split"].tolist() == ["train", "test"]
+    assert [s.row for s in m.skipped] == [2]
+
+
+def test_an_empty_split_column_is_ignored(folder):
+    rows = [r + [""] for r in GOOD]
+    m = read_manifest(write_csv(folder / "m.csv", rows, header=HEADER + ["split"]))
+    assert m.items["id"].tolist() == ["x1", "x2", "x3"] and not m.has_split
+
+
+def test_jsonl_with_a_byte_order_mark(folder):
+    records = [dict(zip(HEADER, r)) for r in GOOD]
+    path = folder / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8-sig")
+    check_good(read_manifest(path), folder)
+
+
+def test_parquet_float_ids_with_nan_take_the_row_number(folder):
+    path = folder / "m.parquet"
+    pd.DataFrame(
+        {
+            "id": [1.0, float("nan"), 3.0, None, 2.5],
+            "image": ["img/a.png"] * 5,
+            "text": ["one", "two", "three", "four", "five"],
+            "classes": ["k"] * 5,
+        }
+    ).to_parquet(path)
+    m = read_manifest(path)
+    # Integer-valued floats (an integer column that held a NaN) read as integers.
+    assert m.items["id"].tolist() == ["1", "2", "3", "4", "2.5"]
+    assert m.skipped == []
+
+
+def test_missing_id_in_jsonl_and_csv_takes_the_row_number(folder):
+    records = [
+        {"id": None, "image": "img/a.png", "text": "one", "classes": "k"},
+        {"id": " ", "image": "img/a.png", "text": "two", "classes": "k"},
+        {"id": 7, "image": "img/a.png", "text": "three", "classes": "k"},
+    ]
+    m = read_manifest(write_jsonl(folder / "m.jsonl", records))
+    assert m.items["id"].tolist() == ["1", "2", "7"]

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -238,3 +239,37 @@ def test_specific_nasty_rows(folder):
 def test_empty_separator_is_a_clear_error(folder):
     with pytest.raises(ManifestError, match="separator"):
         read_manifest(folder / "nasty.csv", ManifestConfig(sep=""))
+
+
+@FUZZ
+@given(
+    n=st.integers(2, 12),
+    broken=st.data(),
+    quoted=st.lists(st.integers(0, 11), max_size=4),
+    delim=st.sampled_from([",", "\t"]),
+)
+def test_one_unterminated_quote_never_merges_rows_silently(folder, n, broken, quoted, delim):
+    """A stray opening quote: the rows it swallows are skipped and counted, never kept as
+    one row whose text holds the others; every other row is kept."""
+    k = broken.draw(st.integers(0, n - 1))
+    lines = ["id,image,text,classes".replace(",", delim)]
+    for i in range(n):
+        text = f"a good item number {i}"
+        if i == k:
+            text = '"' + text
+        elif i in quoted:
+            text = f'"{text}"'
+        lines.append(delim.join([f"good-{i}", "img.png", text, "root<leaf"]))
+    suffix = ".tsv" if delim == "\t" else ".csv"
+    path = write(folder, suffix, lambda p: p.write_text("\n".join(lines) + "\n", "utf-8"))
+    m = read_manifest(path)
+    assert not any("good-" in t for t in m.items["text"])  # no row inside another's text
+    covered = set()
+    for s in m.skipped:
+        assert s.reason.startswith("unterminated quote"), s
+        merged = re.match(r"unterminated quote: rows (\d+)-(\d+) merged", s.reason)
+        covered |= set(range(s.row, int(merged[2]) + 1)) if merged else {s.row}
+    assert k + 1 in covered  # the broken row itself is never kept
+    assert len(m.items) + len(covered) == n
+    assert set(m.items["row"]).isdisjoint(covered)
+    assert m.items["row"].tolist() == [int(i.split("-")[1]) + 1 for i in m.items["id"]]

@@ -82,7 +82,9 @@ def test_zero_shares():
 
 @pytest.mark.parametrize(("val", "test"), [(0.5, 0.5), (-0.1, 0.2), (0.1, 1.0)])
 def test_invalid_shares_raise(val, test):
-    with pytest.raises(ValueError, match="val and test"):
+    from huse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"val and test .* not val={val}, test={test}"):
         stratified_split(["a"], ["x"], SplitConfig(val=val, test=test))
 
 

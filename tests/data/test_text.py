@@ -111,6 +111,34 @@ def test_salient_truncate_nothing_fits_gives_the_best_sentence():
     assert salient_truncate(text, words, 2) == "Alpha beta gamma epsilon zeta eta."
 
 
+def test_text_path_work_is_linear_in_the_length_of_a_1_mb_text():
+    """Work is counted, not timed: the characters handed to the tokenizer, the sentences
+    made and the memory held stay within a constant factor of the text's length."""
+    rng = np.random.default_rng(0)
+    vocab = random_words(rng, 3000)
+    picks = rng.integers(0, len(vocab), size=150_000)
+    ends = rng.random(150_000) < 0.1
+    text = " ".join(vocab[i] + ("." if e else "") for i, e in zip(picks, ends))[:1_000_000]
+    seen: list[int] = []
+
+    def count(s: str) -> int:
+        seen.append(len(s))
+        return words(s)
+
+    tracemalloc.start()
+    out = salient_truncate(text, count, 256)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    sentences = split_sentences(text)
+    assert len(sentences) > 10_000 and sum(map(len, sentences)) <= len(text)
+    assert len(seen) == len(sentences) + 1  # the whole text once, then each sentence once
+    assert sum(seen) <= 2 * len(text)
+    assert words(out) <= 256 and out.split(". ")[0] in text
+    assert peak < 60 * len(text)  # no N x N structure: that would be 10^8+ entries
+    assert len(normalize_text(text)) <= len(text)
+    assert len(clean_for_tfidf(text)) <= len(text)
+
+
 # --- TF-IDF ---------------------------------------------------------------------------
 
 

@@ -9,15 +9,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from huse.errors import HuseError
+
 # Pillow refuses, while opening, any image over 2 × Image.MAX_IMAGE_PIXELS (178,956,970
 # pixels by default) with DecompressionBombError; our own limit is checked right after
 # opening, from the header. The default sits just under Pillow's, so it is the one that
 # takes effect; a larger ``max_pixels`` is capped at Pillow's (see ``effective_max_pixels``).
 DEFAULT_MAX_PIXELS = 178_000_000
 DEFAULT_MAX_SIDE = 1024
+# Rows of the reduced image made per strip: a strip of the full-size image is a copy of
+# (STRIP_ROWS × factor) rows, a few MB, where a whole-image conversion is another full copy.
+STRIP_ROWS = 64
 
 
-class ImageError(ValueError):
+class ImageError(HuseError):
     """An image that cannot be used; the message is the reason shown to the user."""
 
 
@@ -81,17 +86,8 @@ def load_image(
             img.draft("RGB", (max_side, max_side))
         img.load()
         if max(img.size) > max_side:
-            # reduce() and thumbnail() take no palette images: expand them first, keeping
-            # transparency so it can still be composited on white.
-            if img.mode.startswith("I;16"):  # lossless; reduce() takes I but not I;16
-                img = img.convert("I")
-            if img.mode not in ("RGB", "RGBA", "L", "LA", "I", "F"):
-                has_alpha = img.mode in ("PA", "La") or "transparency" in img.info
-                img = img.convert("RGBA" if has_alpha else "RGB")
-            # reduce() first: an integer box filter that is cheap on huge images.
             factor = max(img.size) // max_side
-            if factor >= 2:
-                img = img.reduce(factor)
+            img = _reduce_in_strips(img, factor) if factor >= 2 else _reducible(img)
             img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         return to_rgb_on_white(img)
     except ImageError:
@@ -105,6 +101,36 @@ def load_image(
         raise ImageError("image too large to decode in memory") from e
     except Exception as e:  # decoders of malformed files: struct.error, IndexError...
         raise ImageError(f"corrupt image: {type(e).__name__}: {e}") from e
+
+
+def _reducible(img: Image.Image) -> Image.Image:
+    """``img`` in a mode that reduce() and thumbnail() take (not P, 1, I;16...), keeping
+    transparency so that it can still be composited on white."""
+    if img.mode.startswith("I;16"):  # lossless; reduce() takes I but not I;16
+        return img.convert("I")
+    if img.mode not in ("RGB", "RGBA", "L", "LA", "I", "F"):
+        has_alpha = img.mode in ("PA", "La") or "transparency" in img.info
+        return img.convert("RGBA" if has_alpha else "RGB")
+    return img
+
+
+def _reduce_in_strips(img: Image.Image, factor: int) -> Image.Image:
+    """``img.reduce(factor)`` (after ``_reducible``), computed a strip of rows at a time.
+
+    The same pixels as converting and reducing the whole image, without the full-size
+    copies that a mode conversion or reduce() itself makes (it premultiplies alpha
+    images into a second full-size image): a 40 MP RGBA upload then peaks at its decoded
+    size, not twice that.
+    """
+    w, h = img.size
+    step = STRIP_ROWS * factor  # a multiple of factor: the strips' boxes tile the image's
+    out = None
+    for y in range(0, h, step):
+        part = _reducible(img.crop((0, y, w, min(h, y + step)))).reduce(factor)
+        if out is None:
+            out = Image.new(part.mode, (-(-w // factor), -(-h // factor)))
+        out.paste(part, (0, y // factor))
+    return out
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -133,3 +159,28 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
         return Image.alpha_composite(bg, img).convert("RGB")
     return img.convert("RGB")
+
+
+def thumbnail_bytes(
+    source: str | Path | bytes,
+    side: int,
+    *,
+    fmt: str = "WEBP",
+    quality: int = 82,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> bytes:
+    """An image as an encoded thumbnail whose long side is at most ``side`` pixels.
+
+    The one thumbnailer of the report and the web app: the same safe decoding as
+    ``load_image`` (pixel limit, reduced-scale decoding, transparency on white).
+
+    Raises:
+        ImageError: as ``load_image``.
+    """
+    img = load_image(source, max_pixels=max_pixels, max_side=side)
+    buf = io.BytesIO()
+    if fmt == "WEBP":
+        img.save(buf, fmt, quality=quality, method=4)
+    else:
+        img.save(buf, fmt, quality=quality, optimize=True)
+    return buf.getvalue()

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from huse.errors import ConfigError
+
 
 @dataclass
 class SplitConfig:
@@ -66,7 +68,10 @@ def stratified_split(
     """
     config = config or SplitConfig()
     if not 0 <= config.val < 1 or not 0 <= config.test < 1 or config.val + config.test >= 1:
-        raise ValueError("val and test shares must be in [0, 1) and sum to less than 1")
+        raise ConfigError(
+            f"val and test shares must be in [0, 1) and sum to less than 1, not "
+            f"val={config.val}, test={config.test}; lower one of them"
+        )
     out = ["train"] * len(ids)
     by_class: dict[str, list[int]] = {}
     for i, c in enumerate(classes):

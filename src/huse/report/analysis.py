@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 
 from huse.data.hierarchy import Hierarchy
+from huse.errors import HuseError
 
 
-class ReportError(ValueError):
+class ReportError(HuseError):
     """A run folder the report cannot be built from; the message says what is missing."""
 
 

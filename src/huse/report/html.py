@@ -20,6 +20,7 @@ from huse._io import atomic_write_text
 from huse.evaluate import DIRECTIONS, HP_KS, RECALL_KS, summary_scores
 from huse.report import analysis as an
 from huse.report import plots  # matplotlib: a missing [report] extra fails at import
+from huse.report.labels import TABLE_CHARS, class_label, ellipsize, table_label, tooltip
 
 MAX_MAP_POINTS = 1500  # image + text points in the 2-D map
 MAP_PAIR_LINES = 60
@@ -174,21 +175,23 @@ class Thumbnails:
         return self._done[path]
 
     def _make(self, path: str) -> str | None:
-        import io
-
-        from huse.data.images import ImageError, load_image
+        from huse.data.images import ImageError, thumbnail_bytes
 
         try:
-            im = load_image(path, max_side=4 * self.side)
+            return _data_uri(thumbnail_bytes(path, self.side, fmt="JPEG"), "image/jpeg")
         except ImageError:
             return None
-        im.thumbnail((self.side, self.side))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=82, optimize=True)
-        return _data_uri(buf.getvalue(), "image/jpeg")
+
+
+def _class_html(name: str, sep: str) -> str:
+    """A class path for the page: bounded, the full name as a tooltip when readable."""
+    shown = table_label(name, sep)
+    tip = tooltip(name, shown)
+    return f'<span title="{esc(tip)}">{esc(shown)}</span>' if tip else esc(shown)
 
 
 def _thumb_html(uri: str | None, alt: str) -> str:
+    alt = ellipsize(alt, TABLE_CHARS)
     if uri is None:
         return f'<div class="tbox"><div class="thumb missing">image unreadable<br>{esc(alt)}</div></div>'
     return f'<div class="tbox"><img class="thumb" alt="{esc(alt)}" src="{uri}"></div>'
@@ -292,7 +295,8 @@ def _graph_section(rd: an.RunData, gs: dict) -> str:
     names = [h.classes[i] for i in order]
     tops = [h.top_level(c) for c in names]
     ix = np.ix_(order, order)
-    png = plots.graph_heatmaps(rd.graph[ix], gs["learned"][ix], names, tops)
+    labels = [class_label(c, h.sep) for c in names]
+    png = plots.graph_heatmaps(rd.graph[ix], gs["learned"][ix], labels, tops)
     scatter = plots.graph_scatter(rd.graph[ix], gs["learned"][ix], tops, gs["graph_r"])
     missing = int((gs["counts"] == 0).sum())
     miss = f" {missing} classes have no test items (grey rows and columns)." if missing else ""
@@ -337,7 +341,7 @@ def _retrieval_section(rd: an.RunData, thumbs: Thumbnails) -> str:
         return "near" if h.top_level(h.classes[qc]) == h.top_level(h.classes[rc]) else "bad"
 
     def cls_line(c: int) -> str:
-        return f'<div class="cls">{esc(h.classes[c])}</div>'
+        return f'<div class="cls">{_class_html(h.classes[c], h.sep)}</div>'
 
     for direction, q_emb, g_emb in (("t2i", rd.txt, rd.img), ("i2t", rd.img, rd.txt)):
         top = an.top_k(q_emb, g_emb, queries, TOP_K)
@@ -388,7 +392,7 @@ def _classes_section(rd: an.RunData, colours: dict) -> str:
     names = [h.classes[i] for i in shown]
     cols = [colours[h.top_level(c)] for c in names]
     png = plots.per_class_accuracy(
-        names,
+        [class_label(c, h.sep) for c in names],
         acc[shown],
         n[shown],
         cols,
@@ -399,7 +403,8 @@ def _classes_section(rd: an.RunData, colours: dict) -> str:
     absent = k - len(shown)
     pairs = an.confused_pairs(pred, rd.labels, h, rd.graph, top=10)
     rows = "".join(
-        f"<tr><td>{esc(p['true'])}</td><td>{esc(p['pred'])}</td><td>{p['count']}</td>"
+        f"<tr><td>{_class_html(p['true'], h.sep)}</td><td>{_class_html(p['pred'], h.sep)}</td>"
+        f"<td>{p['count']}</td>"
         f"<td>{p['share']:.0%}</td><td>{p['tree_distance']}</td>"
         f"<td>{fmt(p['graph_distance'])}</td></tr>"
         for p in pairs

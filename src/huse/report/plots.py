@@ -14,7 +14,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from huse.report.labels import PLOT_CHARS, ellipsize  # noqa: E402
+
 DPI = 110
+
+
+def _label(text: str) -> str:
+    # Every name drawn comes from the user (class paths, run folders): a long one would
+    # make the figure as wide as the text.
+    return ellipsize(text, PLOT_CHARS)
+
+
 plt.rcParams.update(
     {
         "font.size": 8,
@@ -97,7 +107,7 @@ def training_curves(
     flat = list(axes.ravel())
     for ax, (title, series) in zip(flat, panels):
         for label, s in series.items():
-            ax.plot(ep, s, label=label or None, lw=1.4)
+            ax.plot(ep, s, label=_label(label) if label else None, lw=1.4)
         if best_epoch:
             ax.axvline(best_epoch, color="0.4", ls="--", lw=0.8)
         ax.set_title(title)
@@ -110,7 +120,7 @@ def training_curves(
         col = "val_score" if "val_score" in log else "val_acc_fusion"
         for name, other in {"this run": log, **others}.items():
             if col in other:
-                ax.plot(other["epoch"], other[col], label=name, lw=1.4)
+                ax.plot(other["epoch"], other[col], label=_label(name), lw=1.4)
         ax.set_title(f"{col.replace('_', ' ')}, all runs")
         ax.set_xlabel("epoch")
         ax.legend()
@@ -157,7 +167,7 @@ def embedding_map(
         f"grey lines join {len(pairs)} image–text pairs"
     )
     handles = [
-        Line2D([], [], marker="s", ls="", color=colours[t], label=t)
+        Line2D([], [], marker="s", ls="", color=colours[t], label=_label(t))
         for t in colours
         if t in set(top)
     ]
@@ -191,6 +201,7 @@ def embedding_map(
 
 def _class_ticks(ax, names: Sequence[str], tops: Sequence[str], max_labels: int = 60) -> None:
     k = len(names)
+    names = [_label(n) for n in names]
     if k <= max_labels:
         ax.set_xticks(range(k), names, rotation=90, fontsize=6)
         ax.set_yticks(range(k), names, fontsize=6)
@@ -198,7 +209,7 @@ def _class_ticks(ax, names: Sequence[str], tops: Sequence[str], max_labels: int 
         starts = [i for i in range(k) if i == 0 or tops[i] != tops[i - 1]]
         ends = starts[1:] + [k]
         mids = [(s + e - 1) / 2 for s, e in zip(starts, ends)]
-        labels = [tops[s] for s in starts]
+        labels = [_label(tops[s]) for s in starts]
         ax.set_xticks(mids, labels, rotation=90, fontsize=6)
         ax.set_yticks(mids, labels, fontsize=6)
     for i in range(1, k):  # top-level boundaries
@@ -289,7 +300,7 @@ def per_class_accuracy(
         ax.scatter(text, y, marker="^", s=18, c="black", zorder=3, label="text only")
     for i in range(k):
         ax.text(1.02, i, f"n={counts[i]}", va="center", fontsize=6, color="0.3")
-    ax.set_yticks(y, names, fontsize=7)
+    ax.set_yticks(y, [_label(n) for n in names], fontsize=7)
     ax.set_ylim(k - 0.5, -0.5)  # first class on top, no empty margin rows
     ax.set_xlim(0, 1.1)
     ax.set_xticks(np.linspace(0, 1, 6))

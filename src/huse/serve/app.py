@@ -8,30 +8,42 @@ metadata, a dictionary look-up. Request bodies are capped while they stream in, 
 are checked (non-empty, a known raster format, under the pixel limit) before they are
 decoded, and query text has a length limit; each refusal is a 4xx with a message that
 says what was wrong.
+
+Resource bounds. At most ``Limits.decode_concurrency`` images are decoded at once (a
+decoded upload can take its full size in memory for a moment: 40 MP of RGBA is 160 MB);
+a request that cannot start its decode within ``decode_wait_s`` gets a 503. The server
+(``server_config``) closes a connection whose request head is not complete within
+``head_timeout_s`` or whose body is not complete within ``body_timeout_s``, and answers
+503 beyond ``max_connections`` open connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
 import json
+import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from threading import Lock
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
-from huse.data.images import ImageError, load_image
+from huse.data.images import ImageError, load_image, thumbnail_bytes
+from huse.data.text import has_letters, normalize_text
+from huse.errors import ConfigError, HuseError
 from huse.search import Hit, Searcher
 
 STATIC_FILES = {
@@ -43,6 +55,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 MIB = 1024 * 1024
 # Form fields besides the file (k, modality...) are tiny; this bounds the multipart overhead.
 FORM_OVERHEAD = 64 * 1024
+# Long side of a decoded query or catalogue image, as the catalogue's features were made
+# (``load_image``'s default): the picture reaching the backbone is never larger.
+QUERY_SIDE = 1024
 
 
 @dataclass
@@ -58,6 +73,16 @@ class Limits:
         formats: accepted upload formats (PIL format names).
         thumb_side: long side of a thumbnail in pixels.
         thumb_cache: thumbnails kept in memory.
+        decode_concurrency: images decoded at the same time (uploads, catalogue images,
+            thumbnails); each can hold its full decoded size for a moment.
+        decode_wait_s: how long a request waits for a decode slot before a 503.
+        head_timeout_s: a connection whose request line and headers are not complete
+            this long after it opened (or after its previous response) is closed.
+        body_timeout_s: a request body not complete this long after its headers gets a
+            408 and its connection is closed.
+        keep_alive_s: an idle keep-alive connection is closed after this long.
+        max_connections: open connections (and running requests) beyond which the
+            server answers 503.
     """
 
     max_upload_bytes: int = 8 * MIB
@@ -67,6 +92,20 @@ class Limits:
     formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
     thumb_side: int = 256
     thumb_cache: int = 4096
+    decode_concurrency: int = 2
+    decode_wait_s: float = 5.0
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("decode_concurrency", "max_connections", "max_k", "thumb_side"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"Limits.{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("decode_wait_s", "head_timeout_s", "body_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"Limits.{name} must be above 0, not {getattr(self, name)}")
 
 
 def is_loopback(host: str) -> bool:
@@ -145,8 +184,9 @@ def _openapi_body(limits: Limits) -> dict:
 
 
 # -- request parsing ---------------------------------------------------------------------
-async def _read_capped(request: Request, limit: int, what: str) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+async def _read_capped(request: Request, limit: int, what: str, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes and with
+    408 (closing the connection) when it is not complete within ``timeout_s``."""
     too_big = f"{what} too large: more than {limit:,} bytes (limit {limit / MIB:.1f} MiB)"
     length = request.headers.get("content-length")
     if length is not None:
@@ -155,10 +195,23 @@ async def _read_capped(request: Request, limit: int, what: str) -> bytes:
         if int(length) > limit:
             raise HTTPException(413, too_big)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, too_big)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPException(413, too_big)
+    except TimeoutError:
+        raise HTTPException(
+            408,
+            f"{what} not received in time: {len(body):,} bytes in {timeout_s:g} s "
+            f"(the body must arrive within {timeout_s:g} s of the headers)",
+            headers={"Connection": "close"},
+        ) from None
+    except ClientDisconnect:
+        # The client (or the server's body timeout) closed the connection: nobody is
+        # left to read an answer, but the request must not end as a server error.
+        raise HTTPException(400, f"{what} incomplete: the connection was closed") from None
     return bytes(body)
 
 
@@ -197,8 +250,12 @@ async def _parse_form(request: Request, body: bytes) -> dict:
     return out
 
 
-def _check_image(data: bytes, limits: Limits):
-    """Open an upload after checking it; every refusal is a 4xx with the reason."""
+def _check_image(data: bytes, limits: Limits, gate: DecodeGate):
+    """Open an upload after checking it; every refusal is a 4xx with the reason.
+
+    The decode itself waits for a slot of ``gate`` and yields an image whose long side is
+    at most ``QUERY_SIDE``: the full-size pixels live only inside ``load_image``.
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -229,7 +286,8 @@ def _check_image(data: bytes, limits: Limits):
     if w * h > limits.max_pixels:
         raise HTTPException(413, f"{bomb}: {w}x{h} = {w * h:,} pixels")
     try:
-        return load_image(data, max_pixels=limits.max_pixels)
+        with gate.slot():
+            return load_image(data, max_pixels=limits.max_pixels, max_side=QUERY_SIDE)
     except ImageError as e:
         raise HTTPException(422, f"unusable image: {e}") from None
 
@@ -256,17 +314,64 @@ def _validate(fields: dict, limits: Limits) -> SearchRequest:
             )
         if not req.text.strip():
             raise HTTPException(422, "query text is empty")
+        # The manifest reader's rule for item texts (and Searcher's for queries): markup,
+        # URLs and invisible characters go; what is left must have a word, or any k
+        # items would come back as if they matched.
+        if not has_letters(normalize_text(req.text)):
+            shown = req.text if len(req.text) <= 60 else req.text[:59] + "…"
+            raise HTTPException(
+                422,
+                f"query text has no words: {shown!r} is empty once markup, URLs and "
+                "invisible characters are removed; type some words",
+            )
     return req
 
 
 # -- app -----------------------------------------------------------------------------------
+class DecodeGate:
+    """At most ``capacity`` image decodes at once; a request that finds no free slot
+    within ``wait_s`` seconds gets a 503 rather than a share of the memory.
+
+    ``active`` and ``peak`` count decodes in progress (now and at most so far).
+    """
+
+    def __init__(self, capacity: int, wait_s: float) -> None:
+        self.capacity = capacity
+        self.wait_s = wait_s
+        self._slots = threading.BoundedSemaphore(capacity)
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a decode slot (called from a worker thread, never the event loop)."""
+        if not self._slots.acquire(timeout=self.wait_s):
+            raise HTTPException(
+                503,
+                f"server busy: {self.capacity} images are being decoded and none finished "
+                f"within {self.wait_s:g} s; retry in a moment",
+                headers={"Retry-After": "2"},
+            )
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+            self._slots.release()
+
+
 class _Thumbnails:
     """Thumbnails by catalogue row, made once and kept in a bounded LRU."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, gate: DecodeGate) -> None:
         self.capacity = capacity
+        self.gate = gate
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
-        self._lock = Lock()
+        self._lock = threading.Lock()
 
     def get(self, row: int, path: str, side: int) -> bytes:
         key = (row, side)
@@ -274,15 +379,26 @@ class _Thumbnails:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        img = load_image(path, max_side=side)
-        buf = io.BytesIO()
-        img.save(buf, "WEBP", quality=82, method=4)
-        data = buf.getvalue()
+        with self.gate.slot():
+            data = thumbnail_bytes(path, side)
         with self._lock:
             self._cache[key] = data
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
         return data
+
+
+def _decode_item(path: str, gate: DecodeGate):
+    with gate.slot():
+        return load_image(path, max_side=QUERY_SIDE)
+
+
+async def _query(search: Callable[..., list[Hit]], *args: Any) -> list[Hit]:
+    """Run a Searcher query off the event loop; a query it refuses is the client's 422."""
+    try:
+        return await run_in_threadpool(search, *args)
+    except HuseError as e:  # QueryError (no words, unknown item), ImageError
+        raise HTTPException(422, f"invalid query: {e}") from None
 
 
 def _static() -> dict[str, bytes]:
@@ -305,7 +421,8 @@ def create_app(
     """
     limits = limits or Limits()
     static = _static()
-    thumbs = _Thumbnails(limits.thumb_cache)
+    gate = DecodeGate(limits.decode_concurrency, limits.decode_wait_s)
+    thumbs = _Thumbnails(limits.thumb_cache, gate)
     index = searcher.index
     image_paths = index.items["image"].astype(str).tolist()
     sep = searcher.sep
@@ -316,6 +433,7 @@ def create_app(
         "`POST /api/search` takes JSON (`text` or `item`) or a multipart form with an "
         "`image` file; images and thumbnails are served by item id.",
     )
+    app.state.decode_gate = gate  # read by the tests and by anyone watching the load
     if allowed_hosts:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -397,7 +515,9 @@ def create_app(
             (404, "unknown item id"),
             (413, "body, upload or image pixels over the limit"),
             (415, "upload is not an image of an accepted format"),
-            (422, "invalid fields, text too long, corrupt image"),
+            (408, "request body not received in time"),
+            (422, "invalid fields, text too long or without words, corrupt image"),
+            (503, "too many image decodes at once; retry"),
         )
     }
 
@@ -413,10 +533,12 @@ def create_app(
         t0 = time.perf_counter()
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
-            body = await _read_capped(request, limits.max_upload_bytes + FORM_OVERHEAD, "upload")
+            body = await _read_capped(
+                request, limits.max_upload_bytes + FORM_OVERHEAD, "upload", limits.body_timeout_s
+            )
             fields = await _parse_form(request, body)
         elif ctype == "application/json":
-            body = await _read_capped(request, FORM_OVERHEAD, "JSON body")
+            body = await _read_capped(request, FORM_OVERHEAD, "JSON body", limits.body_timeout_s)
             try:
                 fields = json.loads(body)
             except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -442,21 +564,21 @@ def create_app(
             )
         if upload is not None:
             data, filename = upload
-            img = await run_in_threadpool(_check_image, data, limits)
-            hits = await run_in_threadpool(searcher.search_image, img, req.k, req.modality)
+            img = await run_in_threadpool(_check_image, data, limits, gate)
+            hits = await _query(searcher.search_image, img, req.k, req.modality)
             query = {"image": filename}
         elif req.item is not None:
             row = row_of(req.item)
             try:
-                img = await run_in_threadpool(load_image, image_paths[row])
+                img = await run_in_threadpool(_decode_item, image_paths[row], gate)
             except ImageError as e:
                 raise HTTPException(
                     422, f"item {req.item!r} has an unreadable image: {e}"
                 ) from None
-            hits = await run_in_threadpool(searcher.search_image, img, req.k, req.modality)
+            hits = await _query(searcher.search_image, img, req.k, req.modality)
             query = {"item": req.item}
         else:
-            hits = await run_in_threadpool(searcher.search_text, req.text, req.k, req.modality)
+            hits = await _query(searcher.search_text, req.text, req.k, req.modality)
             query = {"text": req.text}
         return SearchResponse(
             query=query | {"k": req.k, "modality": req.modality},
@@ -491,6 +613,96 @@ def create_app(
     return app
 
 
+def _guarded_protocol(head_timeout_s: float, body_timeout_s: float) -> type:
+    """uvicorn's h11 protocol with the two timeouts it lacks.
+
+    uvicorn arms no timer while a request head or body is still arriving (its keep-alive
+    timer runs only between requests), so a client that opens a connection and trickles
+    bytes holds it forever. This subclass arms one timer per phase of the request: from
+    the connection's start (or the previous response) until its head is complete, then
+    until its body is. When it fires, the connection is closed.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _guard: asyncio.TimerHandle | None = None
+        _guard_phase: object = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _disarm(self) -> None:
+            if self._guard is not None:
+                self._guard.cancel()
+            self._guard, self._guard_phase = None, None
+
+        def _arm(self) -> None:
+            """A timer for the phase the client is in; the running one if unchanged."""
+            phase = self.conn.their_state
+            if phase is self._guard_phase or self.transport.is_closing():
+                return
+            self._disarm()
+            if phase is h11.IDLE:
+                delay = head_timeout_s
+            elif phase is h11.SEND_BODY:
+                # A little after the app's own body deadline, so that a request the app
+                # is reading gets its 408 first; this catches bodies no handler reads.
+                delay = body_timeout_s + 1.0
+            else:
+                return
+            self._guard_phase = phase
+            self._guard = self.loop.call_later(delay, self._expire)
+
+        def _expire(self) -> None:
+            self._guard, self._guard_phase = None, None
+            if not self.transport.is_closing():
+                self.logger.info("closing a connection whose request did not arrive in time")
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def server_config(
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    log_level: str = "info",
+) -> Any:
+    """The ``uvicorn.Config`` that ``serve`` runs ``app`` under: the connection limit and
+    the head, body and keep-alive timeouts of ``limits``."""
+    import uvicorn
+
+    limits = limits or Limits()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        http=_guarded_protocol(limits.head_timeout_s, limits.body_timeout_s),
+        timeout_keep_alive=limits.keep_alive_s,
+        limit_concurrency=limits.max_connections,
+        # A request line plus headers larger than this is a 400 (h11's default, explicit).
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+
+
 def serve(
     run: str | Path,
     *,
@@ -503,10 +715,12 @@ def serve(
     """Load the run's model and index once, then serve the page and API with uvicorn."""
     import uvicorn
 
+    limits = limits or Limits()
     searcher = Searcher.from_run(run, index)
     searcher.warm_up()
     allowed = list(LOOPBACK_HOSTS) if is_loopback(host) else None
     app = create_app(searcher, limits, allowed_hosts=allowed)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {len(searcher.index)} items on http://{shown}:{port}/ (API docs at /docs)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    config = server_config(app, host=host, port=port, limits=limits, log_level=log_level)
+    uvicorn.Server(config).run()
