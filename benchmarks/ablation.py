@@ -23,7 +23,7 @@ import numpy as np
 
 from huse.dataset import DataConfig, build_feature_set
 from huse.evaluate import embed, evaluate_net, softmax, space_metrics, summary_scores
-from huse.methods import resolve_config
+from huse.methods import get_method, resolve_config
 from huse.run import graph_for, graph_stats
 from huse.train import train
 
@@ -164,6 +164,11 @@ def main() -> None:
         over = dict(VARIANTS[name])
         preset = over.pop("preset", "default")
         key = name if method == "huse" else f"{method}: {name}"
+        if get_method(method).ignored(over):  # the variant changes nothing for this method
+            print(
+                f"skipped {key}: {method} does not use {', '.join(get_method(method).ignored(over))}"
+            )
+            continue
         for seed in args.seeds:
             cfg = resolve_config(method, preset, seed=seed, **({"epochs": args.epochs} | over))
             if cfg.graph_source not in graphs:

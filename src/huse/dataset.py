@@ -14,13 +14,13 @@ import scipy.sparse as sp
 
 from huse._dist import all_reduce_sum
 from huse._io import atomic_path, atomic_write_text
+from huse.config import DataConfig
 from huse.data.hierarchy import Hierarchy
-from huse.data.manifest import Manifest, ManifestConfig, Skipped, read_manifest, records_frame
-from huse.data.split import SplitConfig, stratified_split
+from huse.data.manifest import Manifest, Skipped, read_manifest, records_frame
+from huse.data.split import stratified_split
 from huse.data.text import TfidfFeatures
 from huse.errors import DataError, HuseError, RunError
 from huse.features import (
-    DEFAULT_MAX_IMAGE_FILE_BYTES,
     ExtractStats,
     FeatureStore,
     default_cache_dir,
@@ -41,65 +41,6 @@ FEATURE_FILES = (
     "data_config.json",
     "extract_stats.json",
 )
-
-
-@dataclass
-class DataConfig:
-    """How a manifest becomes features.
-
-    Args:
-        manifest: column names and class separator.
-        split: shares and seed of the stratified split (used when the manifest has none).
-        image_backbone: registry name of the image backbone.
-        text_backbone: registry name of the text backbone.
-        tfidf_max_features: vocabulary cap of the TF-IDF vector.
-        tfidf_min_df: minimum document frequency of a TF-IDF term.
-        image_batch_size: backbone batch size for images.
-        text_batch_size: backbone batch size for texts.
-        num_workers: image decoding worker processes.
-        cache_dir: the content-keyed feature cache (None: ``$HUSE_CACHE`` or ~/.cache/huse).
-        device: torch device for the backbones.
-        image_fit: ``pad`` (letterbox on white, the default: catalogue pictures are often
-            wide or tall) or ``crop`` (the model's own resize and centre crop).
-        text_pooling: for ``hf:`` text backbones: ``last4`` (the paper's last-four-layer
-            mean), ``mean``, ``cls`` or ``model`` (what the model was trained with);
-            None: ``model`` for CLIP/SigLIP, ``last4`` otherwise.
-        bf16: half precision for the backbones on a CUDA device (None: where supported).
-        max_image_file_bytes: image files larger than this are refused from their size,
-            unread (a 2 GB file listed as an image would otherwise be read to hash it).
-    """
-
-    manifest: ManifestConfig = field(default_factory=ManifestConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    # lite2 over lite0: +0.02 validation R@1 and HP@5 on Openclipart for ~2× extraction time.
-    image_backbone: str = "efficientnet-lite2"
-    text_backbone: str = "minilm-l6"
-    tfidf_max_features: int = 10000
-    tfidf_min_df: int = 2
-    image_batch_size: int = 32
-    text_batch_size: int = 64
-    num_workers: int = 0
-    cache_dir: str | None = None
-    device: str = "cpu"
-    image_fit: str | None = None
-    text_pooling: str | None = None
-    bf16: bool | None = None
-    max_image_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DataConfig:
-        d = dict(d)
-        d["manifest"] = ManifestConfig(**d.get("manifest", {}))
-        d["split"] = SplitConfig(**d.get("split", {}))
-        return cls(**d)
-
-    def image_options(self) -> dict:
-        """Keyword options of ``get_backbone`` for the image backbone."""
-        return {"device": self.device, "image_fit": self.image_fit, "bf16": self.bf16}
-
-    def text_options(self) -> dict:
-        """Keyword options of ``get_backbone`` for the text backbone."""
-        return {"device": self.device, "text_pooling": self.text_pooling, "bf16": self.bf16}
 
 
 class NoUsableRowsError(DataError):

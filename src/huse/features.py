@@ -36,12 +36,12 @@ from tqdm.auto import tqdm
 from huse._dist import barrier
 from huse._dist import setup as dist_setup
 from huse._io import atomic_path
+from huse.config import DEFAULT_MAX_IMAGE_FILE_BYTES
 from huse.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 # A file listed as an image that is larger than this is refused from its size alone,
 # before a byte is read: no picture a backbone can use needs more, and hashing or
 # decoding a multi-gigabyte file only wastes time and memory.
-DEFAULT_MAX_IMAGE_FILE_BYTES = 256 * 2**20
 _HASH_BLOCK = 2**20
 
 

@@ -37,14 +37,15 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from huse.errors import ConfigError, HuseError, RunError, UnsafeOutputError
+from huse.config import IndexConfig
+from huse.errors import HuseError, RunError, UnsafeOutputError
 
 if TYPE_CHECKING:
     from huse.model import HUSEModel
@@ -210,35 +211,6 @@ def default_search_params(factory: str) -> str:
         # Re-rank 8·k candidates with the exact vectors.
         params.append("k_factor_rf=8")
     return ",".join(params)
-
-
-@dataclass
-class IndexConfig:
-    """How the index is built.
-
-    Args:
-        factory: a registered type (``auto``, ``flat``, ``hnsw``, ``ivfflat``, ``ivfpq``;
-            sized to the catalogue) or any FAISS factory string (``HNSW32``,
-            ``IVF1024,PQ32``, ``IVF256,PQ16,RFlat``...), which overrides the sizing.
-        train_size: types that need training (IVF, PQ) train on at most this many vectors,
-            a seeded random sample.
-        search_params: FAISS search parameters (``nprobe=32``, ``efSearch=256``); None:
-            chosen by type for high recall.
-        seed: seed of the training sample.
-    """
-
-    factory: str = "auto"
-    train_size: int = 100_000
-    search_params: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.factory, str) or not self.factory.strip():
-            raise ConfigError(f"--factory must name an index type, not {self.factory!r}")
-        if isinstance(self.train_size, bool) or not isinstance(self.train_size, int):
-            raise ConfigError(f"--train-size must be a whole number, not {self.train_size!r}")
-        if self.train_size < 1:
-            raise ConfigError(f"--train-size must be at least 1, not {self.train_size}")
 
 
 def _faiss():

@@ -46,7 +46,9 @@ def graph_for(fs: FeatureSet, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]
     enc = get_backbone(fs.config.text_backbone, "text", **fs.config.text_options())
     names = [class_name_text(c, fs.hierarchy.sep) for c in fs.hierarchy.classes]
     class_emb = enc.embed_sentences(names).numpy()
-    graph = build_graph(fs.hierarchy, enc, source=cfg.graph_source)
+    graph = build_graph(
+        fs.hierarchy, enc, source=cfg.graph_source, tree_weight=cfg.graph_tree_weight
+    )
     return graph, class_emb
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from huse import cli_backbones
+from huse.cli import backbones as cli_backbones
 from huse.errors import ConfigError
 
 

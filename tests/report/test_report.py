@@ -197,7 +197,7 @@ def test_confused_pairs_table_lists_real_mistakes(runs, report):
 
 
 def test_huse_report_compares_two_runs(runs, tmp_path, capsys):
-    from huse.cli_report import register
+    from huse.cli.report import register
 
     parser = argparse.ArgumentParser(prog="huse")
     register(parser.add_subparsers(dest="command", required=True))
@@ -225,7 +225,7 @@ def test_huse_report_compares_two_runs(runs, tmp_path, capsys):
 
 
 def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
-    from huse.cli_report import register
+    from huse.cli.report import register
 
     parser = argparse.ArgumentParser(prog="huse")
     register(parser.add_subparsers(dest="command", required=True))
@@ -237,7 +237,7 @@ def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
 
 def test_import_huse_does_not_import_matplotlib():
     code = (
-        "import sys, huse, huse.run, huse.cli_report; "
+        "import sys, huse, huse.run, huse.cli.report; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from huse.config import ManifestConfig
 from huse.data.text import has_letters, normalize_text
 from huse.errors import ConfigError, HuseError
 
@@ -30,33 +31,6 @@ MAX_CSV_FIELD = 64 * 1024 * 1024
 
 class ManifestError(HuseError):
     """The manifest as a whole cannot be read; the message says where and what to do."""
-
-
-@dataclass
-class ManifestConfig:
-    """Column names and the class-path separator of a manifest.
-
-    Args:
-        image_col: image path column (relative paths resolve against the manifest's folder).
-        text_col: item text column.
-        classes_col: class path column, levels joined by ``sep``.
-        id_col: optional id column; without it the row number is the id.
-        split_col: optional split column with values train/val/test.
-        sep: the separator between hierarchy levels.
-        max_text_chars: a longer text is cut to this many characters when it is read
-            (the row is kept and listed in ``Manifest.notes``). The text encoder keeps
-            ~256 tokens (about 1,500 characters) of salient sentences and TF-IDF gains
-            nothing from more, while one 50 MB text would otherwise cost minutes and
-            gigabytes in every step after reading.
-    """
-
-    image_col: str = "image"
-    text_col: str = "text"
-    classes_col: str = "classes"
-    id_col: str = "id"
-    split_col: str = "split"
-    sep: str = "<"
-    max_text_chars: int = 20_000
 
 
 @dataclass

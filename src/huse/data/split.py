@@ -17,22 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from huse.config import SplitConfig
 from huse.errors import ConfigError
-
-
-@dataclass
-class SplitConfig:
-    """Args:
-    val: share of each class for validation.
-    test: share of each class for test.
-    seed: the global seed.
-    min_eval_items: classes smaller than this go entirely to train.
-    """
-
-    val: float = 0.1
-    test: float = 0.2
-    seed: int = 0
-    min_eval_items: int = 3
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from huse.cli_search import register
+from huse.cli.search import register
 
 
 def main(argv: list[str] | None = None) -> int:

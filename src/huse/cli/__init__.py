@@ -378,11 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.set_defaults(func=cmd_data_openclipart)
 
-    from huse import cli_backbones, cli_report, cli_search
+    from huse.cli import backbones, report, search
 
-    cli_search.register(sub)
-    cli_report.register(sub)
-    cli_backbones.register(sub)
+    search.register(sub)
+    report.register(sub)
+    backbones.register(sub)
     return parser
 
 
