@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from huse.dataset import DataConfig, build_feature_set
-from huse.evaluate import embed, evaluate_net, softmax, space_metrics, summary_scores
+from huse.evaluate import embed, softmax, space_metrics, summary_scores
 from huse.methods import get_method, resolve_config
-from huse.run import graph_for, graph_stats
-from huse.train import train
+from huse.runs import fit_features, graph_stats
 
 VARIANTS: dict[str, dict] = {
     "base": {},
@@ -171,14 +169,11 @@ def main() -> None:
             continue
         for seed in args.seeds:
             cfg = resolve_config(method, preset, seed=seed, **({"epochs": args.epochs} | over))
-            if cfg.graph_source not in graphs:
-                graphs[cfg.graph_source] = graph_for(fs, cfg)
-            graph, class_emb = graphs[cfg.graph_source]
-            t0 = time.perf_counter()
-            res = train(fs, cfg, graph, class_emb, progress=False)
-            m = evaluate_net(res.net, fs, "val")
-            s = summary_scores(m)
-            _, _, li, lt, _ = embed(res.net, fs, val)
+            fit = fit_features(fs, cfg, "val", graphs=graphs)
+            res = fit.train
+            s = summary_scores(fit.metrics)
+            out = embed(res.net, fs, val)
+            li, lt = out.image_logits, out.text_logits
             fusion, posterior = {}, {}
             if li is not None and lt is not None:
                 pi, pt = softmax(li), softmax(lt)
@@ -192,9 +187,9 @@ def main() -> None:
                 "epochs": res.epochs_run,
                 "best_epoch": res.best_epoch,
                 "stopped": res.stopped,
-                "seconds": time.perf_counter() - t0,
+                "seconds": res.seconds,
                 "graph_active": res.graph_active,
-                "pairs_under_margin": graph_stats(graph, cfg.margin)["pairs_under_margin"],
+                "pairs_under_margin": graph_stats(fit.graph, cfg.margin)["pairs_under_margin"],
                 "fusion_by_weight": fusion,
                 "posterior_cross_R@1": posterior,
             }

@@ -1,12 +1,14 @@
 """How much of feature extraction is the backbone, and how much is loading around it.
 
-For each backbone (efficientnet-lite0 for images, minilm-l6 for texts), at one batch size:
+For each backbone named (any registered name or ``hf:<model id or folder>``; by default
+efficientnet-lite2 for images and minilm-l6 for texts), at one batch size:
 
 - extraction: ``huse.features.extract_images`` / ``extract_texts`` into a fresh, empty
   cache: hashing, decoding and preprocessing (images) or salient truncation and
   tokenising (texts), the forward pass and the shard writes;
-- forward: the forward pass alone on batches built beforehand (preprocessed tensors,
-  tokenised texts in the same length-sorted order that extraction uses);
+- forward: the forward pass alone on batches built beforehand (preprocessed tensors;
+  prepared texts in the same length-sorted order that extraction uses, tokenised by the
+  backbone's own ``forward``);
 - their ratio (forward items/s ÷ extraction items/s): 1.0 means loading costs nothing;
 - peak memory of each phase: resident set (``VmHWM``, reset between phases where the
   kernel allows, else ``ru_maxrss``) and the peak of Python/numpy allocations
@@ -17,6 +19,8 @@ Pictures: the first N (sorted, symlinks skipped) of Debian's openclipart-png, te
 file names; without that package, the bundled data/openclipart-demo set.
 
     python benchmarks/extract.py --n 96 --batch-size 32 [--repeat 2]
+    python benchmarks/extract.py --image-backbone efficientnet-lite0 efficientnet-lite2 \
+        hf:/models/clip-vit-base-patch32 --text-backbone minilm-l6
 """
 
 from __future__ import annotations
@@ -77,16 +81,14 @@ def _rss_mb() -> float:
 
 
 def _bench(
-    kind: str, paths: list[str], texts: list[str], batch_size: int, repeat: int, queue
+    kind: str, name: str, paths: list[str], texts: list[str], batch_size: int, repeat: int, queue
 ) -> None:
     import torch
 
     from huse.backbones import get_backbone
-    from huse.backbones.text import last4_mean_pool
     from huse.data.images import load_image
     from huse.features import ExtractStats, FeatureStore, extract_images, extract_texts
 
-    name = "efficientnet-lite0" if kind == "image" else "minilm-l6"
     bb = get_backbone(name, kind)
     n = len(paths) if kind == "image" else len(texts)
 
@@ -131,7 +133,7 @@ def _bench(
         batches = [torch.stack(xs[s : s + batch_size]) for s in range(0, n, batch_size)]
     else:
         prepared = sorted((bb.prepare(t) for t in texts), key=len)
-        batches = [bb._tokenize(prepared[s : s + batch_size]) for s in range(0, n, batch_size)]
+        batches = [prepared[s : s + batch_size] for s in range(0, n, batch_size)]
     res["prepare_s"] = time.perf_counter() - t0
 
     _reset_peak()
@@ -140,11 +142,7 @@ def _bench(
         t0, c0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             for b in batches:
-                if kind == "image":
-                    bb.forward(b)
-                else:
-                    out = bb.model(**b)
-                    last4_mean_pool(out.hidden_states, b["attention_mask"]).float()
+                bb.forward(b)
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     res["forward_s"], res["forward_cpu"] = min(times), min(cpus)
@@ -163,10 +161,12 @@ def _bench(
     queue.put(res)
 
 
-def run(kind: str, paths: list[str], texts: list[str], batch_size: int, repeat: int) -> dict:
+def run(
+    kind: str, name: str, paths: list[str], texts: list[str], batch_size: int, repeat: int
+) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_bench, args=(kind, paths, texts, batch_size, repeat, q))
+    p = ctx.Process(target=_bench, args=(kind, name, paths, texts, batch_size, repeat, q))
     p.start()
     res = q.get()
     p.join()
@@ -178,13 +178,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=96, help="items per backbone (default 96)")
     ap.add_argument("--batch-size", type=int, default=32, help="backbone batch size (default 32)")
     ap.add_argument("--repeat", type=int, default=2, help="timed runs, best kept (default 2)")
+    ap.add_argument(
+        "--image-backbone", nargs="*", default=["efficientnet-lite2"], help="image backbones"
+    )
+    ap.add_argument("--text-backbone", nargs="*", default=["minilm-l6"], help="text backbones")
     args = ap.parse_args(argv)
     paths, texts, source = real_items(args.n)
     print(
         f"{len(paths)} pictures and their names as texts from {source}; "
         f"batch size {args.batch_size}"
     )
-    rows = [run(kind, paths, texts, args.batch_size, args.repeat) for kind in ("image", "text")]
+    jobs = [("image", b) for b in args.image_backbone] + [("text", b) for b in args.text_backbone]
+    rows = [run(kind, b, paths, texts, args.batch_size, args.repeat) for kind, b in jobs]
     print(f"torch threads: {rows[0]['threads']}; best of {args.repeat} timed runs")
     head = (
         f"{'backbone':<20}{'items':>6}{'extract/s':>11}{'forward/s':>11}{'ratio':>7}"

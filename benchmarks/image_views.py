@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +37,7 @@ from huse.data.images import load_image
 from huse.dataset import DataConfig, build_feature_set
 from huse.evaluate import evaluate_net, summary_scores
 from huse.methods import resolve_config
-from huse.run import graph_for
-from huse.train import train
+from huse.runs import fit_features
 
 
 def random_crop(img: Image.Image, rng: random.Random, min_area: float = 0.5) -> Image.Image:
@@ -187,14 +185,12 @@ def main() -> None:
     for method in args.methods:
         for seed in args.seeds:
             cfg = resolve_config(method, "default", seed=seed, epochs=args.epochs)
-            if cfg.graph_source not in graphs:
-                graphs[cfg.graph_source] = graph_for(fs, cfg)
             sampler.max_batch = cfg.batch_size
             for sampled in (False, True):
                 sampler.sampling, sampler.rng = sampled, np.random.default_rng(seed)
-                t0 = time.perf_counter()
-                res = train(fs, cfg, *graphs[cfg.graph_source], progress=False)
-                seconds = time.perf_counter() - t0
+                # Trained only: each view set is evaluated below, with sampling off.
+                res = fit_features(fs, cfg, None, graphs=graphs).train
+                seconds = res.seconds
                 sampler.sampling = False
                 for ev, feats in (("clean", views["clean"]), ("tta", tta)):
                     sampler.features = feats

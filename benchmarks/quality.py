@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 from huse.dataset import DataConfig, build_feature_set
-from huse.evaluate import DIRECTIONS, evaluate_net, evaluate_raw, summary_scores
+from huse.evaluate import DIRECTIONS, evaluate_raw, summary_scores
 from huse.methods import list_methods, resolve_config
-from huse.run import graph_for
-from huse.train import train
+from huse.runs import fit_features
 
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
@@ -40,19 +38,15 @@ def flat(m: dict) -> dict[str, float | None]:
 def run_dataset(name: str, manifest: str, methods, seeds, epochs, split: str, overrides: dict):
     fs = build_feature_set(manifest, DataConfig(), progress=True)
     print(f"[{name}] {len(fs)} items, {len(fs.hierarchy)} classes, splits {fs.stats['splits']}")
-    graphs = {}
+    graphs: dict = {}
     rows: dict[str, list[dict]] = {}
     for method in methods:
         for seed in seeds:
             cfg = resolve_config(method, seed=seed, epochs=epochs, **overrides)
-            if cfg.graph_source not in graphs:
-                graphs[cfg.graph_source] = graph_for(fs, cfg)
-            graph, class_emb = graphs[cfg.graph_source]
-            t0 = time.perf_counter()
-            res = train(fs, cfg, graph, class_emb, progress=False)
-            m = evaluate_net(res.net, fs, split)
+            fit = fit_features(fs, cfg, split, graphs=graphs)
+            m, res = fit.metrics, fit.train
             row = flat(m) | {
-                "train_seconds": time.perf_counter() - t0,
+                "train_seconds": res.seconds,
                 "epochs": res.epochs_run,
                 "stopped": res.stopped,
                 "graph_active": res.graph_active,

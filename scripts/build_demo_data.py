@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO / "src"))  # runs from a checkout without `pip insta
 
 from huse.data.demo import DEMO_CLASSES, build_demo  # noqa: E402
 from huse.data.openclipart import DEFAULT_ROOT, OpenclipartNotFoundError  # noqa: E402
+from huse.errors import HuseError  # noqa: E402
 
 SIZE_LIMIT_BYTES = 10_000_000
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.root == DEFAULT_ROOT
             else f"extracted under {args.root}",
         )
-    except OpenclipartNotFoundError as err:
+    except (OpenclipartNotFoundError, HuseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.summary())

@@ -4,6 +4,7 @@ answers are known, and the shape of its metrics."""
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
@@ -12,18 +13,29 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from huse.config import TrainConfig
 from huse.data.hierarchy import Hierarchy
 from huse.dataset import DataConfig, FeatureSet
 from huse.evaluate import (
     DIRECTIONS,
     centroid_scores,
+    embed,
     evaluate_net,
     evaluate_raw,
     summary_scores,
 )
-from huse.model import HUSENet, ModelConfig
+from huse.methods import resolve_config
+from huse.model import HUSENet, ModelConfig, ModelOutput
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def paper_cfg(**kw) -> ModelConfig:
+    """The ``paper`` preset's tower settings and a shared classifier; the rest from ``kw``."""
+    paper = resolve_config("huse", "paper")
+    names = {f.name for f in fields(ModelConfig)} & {f.name for f in fields(TrainConfig)}
+    return ModelConfig(**({k: getattr(paper, k) for k in names} | {"classifier": "shared"} | kw))
+
 
 # --- centroid_scores ---------------------------------------------------------------------
 
@@ -127,7 +139,7 @@ def hand_feature_set() -> FeatureSet:
 def identity_net(classifier: str, fusion_weight: float = 0.25) -> HUSENet:
     """Every Linear is the identity with zero bias: on non-negative inputs each tower is the
     identity, so an embedding is the L2-normalised input and a logit is 16 × embedding."""
-    cfg = ModelConfig(
+    cfg = paper_cfg(
         image_dim=4,
         text_dim=4,
         tfidf_dim=0,
@@ -212,6 +224,29 @@ def test_evaluate_raw_is_in_modal_only():
 # --- the metrics' shape on a trained net -------------------------------------------------
 
 
+@pytest.mark.parametrize("classifier", ["separate", "concat"])
+def test_embed_gives_the_nets_output_for_the_items_in_batches(make_feature_set, classifier):
+    fs = make_feature_set()
+    cfg = paper_cfg(
+        image_dim=32, text_dim=48, tfidf_dim=fs.tfidf.shape[1], num_classes=10, embed_dim=16,
+        hidden=32, classifier=classifier,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = HUSENet(cfg).eval()
+    idx = fs.split_indices("test")
+    got = embed(net, fs, idx, batch_size=3)  # batches of 3 concatenated
+    assert isinstance(got, ModelOutput)
+    with torch.no_grad():
+        whole = net(*net.feature_batch(fs, idx))
+    for name in ModelOutput._fields:
+        ref = getattr(whole, name)
+        if ref is None:
+            assert getattr(got, name) is None, name
+        else:
+            np.testing.assert_allclose(getattr(got, name), ref.numpy(), atol=1e-6, err_msg=name)
+    assert (got.joint_logits is None) == (classifier != "concat")
+
+
 def is_unit(x) -> bool:
     return x is None or (isinstance(x, float) and 0.0 <= x <= 1.0 and not math.isnan(x))
 
@@ -219,7 +254,7 @@ def is_unit(x) -> bool:
 @pytest.mark.parametrize("classifier", ["shared", "separate", "concat", "none"])
 def test_evaluate_net_has_exactly_the_issue_keys(make_feature_set, classifier):
     fs = make_feature_set()
-    cfg = ModelConfig(
+    cfg = paper_cfg(
         image_dim=32, text_dim=48, tfidf_dim=fs.tfidf.shape[1], num_classes=10, embed_dim=16,
         hidden=32, classifier=classifier,
     )  # fmt: skip
@@ -258,8 +293,8 @@ def test_evaluate_net_has_exactly_the_issue_keys(make_feature_set, classifier):
 def test_an_empty_split_gives_every_key_with_no_value(make_feature_set, classifier):
     fs = make_feature_set()
     net = HUSENet(
-        ModelConfig(image_dim=32, text_dim=48, tfidf_dim=fs.tfidf.shape[1], num_classes=10,
-                    embed_dim=16, hidden=32, classifier=classifier)
+        paper_cfg(image_dim=32, text_dim=48, tfidf_dim=fs.tfidf.shape[1], num_classes=10,
+                  embed_dim=16, hidden=32, classifier=classifier)
     )  # fmt: skip
     full = evaluate_net(net, fs, "test")
     m = evaluate_net(net, fs, "no-such-split")

@@ -171,7 +171,13 @@ def test_save_load_round_trip(tmp_path, data):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["index"]  # no temp left
     files = sorted(p.name for p in (tmp_path / "run" / "index").iterdir())
     assert files == ["image.faiss", "index.json", "items.parquet", "text.faiss"]
-    again = load_index(tmp_path / "run")  # a run folder or the index folder itself
+    from huse.runs import find_index
+
+    # A run folder's index/ is found through the run folder; index.py knows no run.
+    with pytest.raises(CatalogueIndexError, match="no index at"):
+        load_index(tmp_path / "run")
+    assert find_index(tmp_path / "run") == find_index(tmp_path / "run" / "index")
+    again = load_index(find_index(tmp_path / "run"))
     assert again.info["x"] == 1 and again.info["search_params"] == "efSearch=128"
     pd.testing.assert_frame_equal(again.items, data["items"])
     for m in ("image", "text", "both"):
@@ -216,7 +222,7 @@ def test_load_errors_are_clear(tmp_path, data):
     info = json.loads((tmp_path / "index" / "index.json").read_text())
     (tmp_path / "index" / "index.json").write_text(json.dumps(info | {"format": 99}))
     with pytest.raises(CatalogueIndexError, match="not a huse index: its format is 99"):
-        load_index(tmp_path)
+        load_index(tmp_path / "index")
 
 
 def test_import_huse_loads_no_index_or_web_library():

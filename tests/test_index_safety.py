@@ -22,9 +22,9 @@ from huse.index import (  # noqa: E402
     build_index,
     check_factory,
     check_output_dir,
-    index_run,
     load_index,
 )
+from huse.runs import index_run  # noqa: E402
 
 
 def small_index(n: int = 6, d: int = 8):
@@ -197,7 +197,7 @@ def fake_run(tmp_path, monkeypatch):
     def no_embedding(*a, **kw):
         raise AssertionError("the catalogue was embedded before the check")
 
-    monkeypatch.setattr(hix, "embed_catalogue", no_embedding)
+    monkeypatch.setattr("huse.runs.embed_catalogue", no_embedding)
     return run
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import huse
+from huse.config import TrainConfig
 from huse.data.text import TfidfFeatures
 from huse.errors import RunError
-from huse.model import HUSEModel, HUSENet, ModelConfig, ModelInfo, csr_to_torch
+from huse.methods import resolve_config
+from huse.model import HUSEModel, HUSENet, ModelConfig, ModelInfo, ModelOutput, csr_to_torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "openclipart-demo"
@@ -32,16 +35,27 @@ def linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
+# The ModelConfig fields a TrainConfig declares (and huse.train.model_config copies).
+TRAIN_SETTINGS = {f.name for f in fields(ModelConfig)} & {f.name for f in fields(TrainConfig)}
+
+
+def paper_cfg(**kw) -> ModelConfig:
+    """The ``paper`` preset's tower settings and a shared classifier; the rest from ``kw``."""
+    paper = resolve_config("huse", "paper")
+    base = {k: getattr(paper, k) for k in TRAIN_SETTINGS} | {"classifier": "shared"}
+    return ModelConfig(**(base | kw))
+
+
 def small_cfg(**kw) -> ModelConfig:
     base = dict(image_dim=12, text_dim=10, tfidf_dim=7, num_classes=5, embed_dim=16)
-    return ModelConfig(**(base | kw))
+    return paper_cfg(**(base | kw))
 
 
 # --- towers ----------------------------------------------------------------------------
 
 
 def test_image_tower_has_the_paper_shape():
-    net = HUSENet(ModelConfig(image_dim=1280, text_dim=1536, tfidf_dim=100, num_classes=29))
+    net = HUSENet(paper_cfg(image_dim=1280, text_dim=1536, tfidf_dim=100, num_classes=29))
     seq = list(net.image_tower)
     lin = [m for m in seq if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in lin] == [(1280, 512)] + [(512, 512)] * 5
@@ -55,7 +69,7 @@ def test_image_tower_has_the_paper_shape():
 
 
 def test_text_tower_has_the_paper_shape():
-    net = HUSENet(ModelConfig(image_dim=1280, text_dim=1536, tfidf_dim=100, num_classes=29))
+    net = HUSENet(paper_cfg(image_dim=1280, text_dim=1536, tfidf_dim=100, num_classes=29))
     t = net.text_tower
     # Hidden layer 1: Linear(1536 + V, 512), split into a dense part and a V×512 weight.
     assert (t.dense_in.in_features, t.dense_in.out_features) == (1536, 512)
@@ -92,6 +106,93 @@ def test_set_input_stats_stores_mean_and_std():
     np.testing.assert_allclose(net.image_std, img.std(0) + 1e-6, rtol=1e-6)
     np.testing.assert_allclose(net.text_mean, txt.mean(0), rtol=1e-6)
     np.testing.assert_allclose(net.text_std, txt.std(0) + 1e-6, rtol=1e-6)
+
+
+def test_forward_returns_the_named_output():
+    net = HUSENet(small_cfg(classifier="separate")).eval()
+    x_i, x_t = torch.randn(4, 12), torch.randn(4, 10)
+    tf = csr_to_torch(sp.random(4, 7, density=0.4, format="csr", random_state=0))
+    out = net(x_i, x_t, tf)
+    assert isinstance(out, ModelOutput)
+    torch.testing.assert_close(out.image_embedding, net.embed_image(x_i))
+    torch.testing.assert_close(out.text_embedding, net.embed_text(x_t, tf))
+    li, lt, lj = net.logits(out.image_embedding, out.text_embedding)
+    torch.testing.assert_close(out.image_logits, li)
+    torch.testing.assert_close(out.text_logits, lt)
+    assert out.joint_logits is lj is None
+    ie, te, *_ = out  # still a tuple, in this order, for code that unpacks it
+    assert ie is out.image_embedding and te is out.text_embedding
+    doubled = out.map(lambda t: 2 * t)
+    torch.testing.assert_close(doubled.text_logits, 2 * lt)
+    assert doubled.joint_logits is None
+
+
+def test_feature_batch_gives_the_rows_as_net_inputs(make_feature_set):
+    fs = make_feature_set()
+    rows = np.array([3, 0, 7])
+    shape = dict(image_dim=fs.image.shape[1], text_dim=fs.text.shape[1], num_classes=10)
+    image, text, tfidf = HUSENet(small_cfg(**shape, tfidf_dim=fs.tfidf.shape[1])).feature_batch(
+        fs, rows
+    )
+    assert image.dtype == text.dtype == torch.float32
+    np.testing.assert_array_equal(image.numpy(), fs.image[rows].astype(np.float32))
+    np.testing.assert_array_equal(text.numpy(), fs.text[rows].astype(np.float32))
+    np.testing.assert_array_equal(tfidf.to_dense().numpy(), fs.tfidf[rows].toarray())
+    assert HUSENet(small_cfg(**shape, tfidf_dim=0)).feature_batch(fs, rows)[2] is None
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+def test_the_training_settings_have_their_default_in_train_config_only():
+    required = {f.name for f in fields(ModelConfig) if f.default is MISSING}
+    assert required >= TRAIN_SETTINGS >= {
+        "embed_dim", "dropout", "input_dropout", "image_layers", "logit_scale",
+        "fusion_weight", "cosine_classifier",
+    }  # fmt: skip
+    assert {f.name: f.default for f in fields(ModelConfig) if f.default is not MISSING} == {
+        "hidden": 512,
+        "text_layers": 2,
+    }
+
+
+def test_model_config_copies_every_training_setting(make_feature_set):
+    from huse.train import model_config
+
+    fs = make_feature_set()
+    train_cfg = resolve_config("huse-p", embed_dim=24, logit_scale=3.0, fusion_weight=0.7)
+    cfg = model_config(fs, train_cfg)
+    assert {k: getattr(cfg, k) for k in TRAIN_SETTINGS} == {
+        k: getattr(train_cfg, k) for k in TRAIN_SETTINGS
+    }
+    assert (cfg.image_dim, cfg.text_dim, cfg.tfidf_dim, cfg.num_classes) == (
+        fs.image.shape[1], fs.text.shape[1], fs.tfidf.shape[1], len(fs.hierarchy)
+    )  # fmt: skip
+
+
+# A config.json "model" entry as every saved model has it: each field, in this order.
+SAVED_MODEL_CONFIG = """{
+    "image_dim": 1280,
+    "text_dim": 1536,
+    "tfidf_dim": 144,
+    "num_classes": 29,
+    "embed_dim": 512,
+    "hidden": 512,
+    "image_layers": 5,
+    "text_layers": 2,
+    "dropout": 0.15,
+    "input_dropout": 0.5,
+    "classifier": "shared",
+    "logit_scale": 16.0,
+    "fusion_weight": 0.3,
+    "cosine_classifier": false
+}"""
+
+
+def test_a_saved_model_config_loads_and_is_written_back_byte_for_byte():
+    cfg = ModelConfig(**json.loads(SAVED_MODEL_CONFIG))
+    assert json.dumps(asdict(cfg), indent=4) == SAVED_MODEL_CONFIG
+    assert HUSENet(cfg).classifier.out_features == 29
 
 
 # --- classifiers -------------------------------------------------------------------------
@@ -258,7 +359,7 @@ def make_model(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tf = TfidfFeatures(max_features=50, min_df=1).fit(TEXTS)
-    cfg = ModelConfig(
+    cfg = paper_cfg(
         image_dim=image_dim,
         text_dim=text_dim,
         tfidf_dim=tf.dim,
@@ -454,7 +555,7 @@ def real_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     demo = pd.read_csv(DEMO / "manifest_stripped.csv")
     tf = TfidfFeatures(max_features=2000, min_df=1).fit(demo["text"].tolist())
-    cfg = ModelConfig(image_dim=1280, text_dim=1536, tfidf_dim=tf.dim, num_classes=3, embed_dim=32)
+    cfg = paper_cfg(image_dim=1280, text_dim=1536, tfidf_dim=tf.dim, num_classes=3, embed_dim=32)
     net = HUSENet(cfg)
     net.set_input_stats(np.random.rand(10, 1280), np.random.rand(10, 1536))
     path = tmp_path_factory.mktemp("real") / "model"
@@ -528,12 +629,11 @@ def test_classify_returns_classes_with_probabilities(real_model_dir):
 
 
 def test_cosine_classifier_logits_are_scaled_cosines():
-    from huse.model import HUSENet, ModelConfig
-
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    cfg = paper_cfg(
         image_dim=6,
         text_dim=5,
+        tfidf_dim=0,
         num_classes=4,
         embed_dim=8,
         hidden=8,

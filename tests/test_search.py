@@ -29,7 +29,7 @@ def train_tiny_run(base: Path) -> Path:
     if (run / "index" / "index.json").exists():
         return run
     from huse.cli import main
-    from huse.index import index_run
+    from huse.runs import index_run
 
     if not (DEMO / "manifest_stripped.csv").exists():
         pytest.skip(f"demo data missing: {DEMO}")
@@ -144,7 +144,7 @@ def test_cli_index_and_search(tiny_run, tmp_path, capsys):
     assert "indexed 116 items" in printed and "HNSW32" in printed and str(out) in printed
     assert load_index(out).info["factory"] == "HNSW32"
 
-    image = load_index(tiny_run).items["image"].iloc[5]
+    image = load_index(tiny_run / "index").items["image"].iloc[5]
     argv = ["search", str(tiny_run), "--image", image, "-k", "3", "--modality", "both", "--json"]
     assert run_cli(argv) == 0
     res = json.loads(capsys.readouterr().out)  # stdout holds only the JSON

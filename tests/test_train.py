@@ -228,6 +228,73 @@ def test_a_missing_validation_split_warns_and_trains_to_the_cap(make_feature_set
     assert all("val_score" not in row for row in r.history)
 
 
+# --- the loop's parts ----------------------------------------------------------------------
+
+
+def test_early_stopping_keeps_the_best_epoch_and_waits_out_patience():
+    from huse.train import EarlyStopping
+
+    net = torch.nn.Linear(2, 1)
+    stop = EarlyStopping(patience=2, min_epochs=5, module=net)
+    with torch.no_grad():
+        for epoch, score in enumerate([0.1, 0.5, 0.5 + 1e-7, 0.4, 0.3, 0.2], start=1):
+            net.weight.fill_(epoch)
+            stop.step(epoch, score, net)
+            # A gain within 1e-6 is no gain: epoch 3 does not replace epoch 2.
+            assert stop.best_epoch == (1 if epoch == 1 else 2)
+            assert stop.bad == max(0, epoch - 2)
+            assert stop.should_stop(epoch) == (epoch >= 5)  # patience ran out at 4
+    assert stop.best_score == 0.5
+    assert torch.equal(stop.best_state["weight"], torch.full((1, 2), 2.0))  # a copy
+    again = EarlyStopping(patience=2, min_epochs=5, module=net)
+    again.load_state_dict(stop.state_dict())
+    assert again.state_dict() == stop.state_dict()
+
+
+def test_weight_average_without_decay_is_the_net_itself():
+    from huse.train import WeightAverage
+
+    net = torch.nn.Linear(2, 1)
+    plain = WeightAverage(net, 0.0)
+    plain.update(net)
+    assert plain.module is net and plain.state_dict() is None
+    averaged = WeightAverage(net, 0.5)
+    assert averaged.module is not net
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        averaged.update(net)  # the first update copies
+        net.weight.fill_(3.0)
+        averaged.update(net)
+    assert torch.equal(averaged.module.weight, torch.full((1, 2), 2.0))
+
+
+def test_loss_meter_averages_over_batches_and_skips_missing_terms():
+    from huse.train import LossMeter
+
+    meter = LossMeter()
+    meter.add({"total": torch.tensor(1.0), "graph": None})
+    meter.add({"total": 3.0, "graph": 0.5})
+    assert meter.means() == {"total": 2.0, "graph": 0.25}
+    assert meter.shown() == {"total": "2.000", "graph": "0.250"}
+
+
+def test_train_log_writes_every_column_any_row_has(tmp_path):
+    from huse.train import TrainLog
+
+    TrainLog(None, 0).write([{"epoch": 1}])  # no run folder: nothing written
+    TrainLog(tmp_path / "other", 1).write([{"epoch": 1}])  # not rank 0
+    assert not (tmp_path / "other").exists()
+    log = TrainLog(tmp_path, 0)
+    log.write([{"epoch": 1, "train_total": 2.0}, {"epoch": 2, "val_score": 0.5}])
+    log.close()
+    with open(tmp_path / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [
+        {"epoch": "1", "train_total": "2.0", "val_score": ""},
+        {"epoch": "2", "train_total": "", "val_score": "0.5"},
+    ]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_training_validates_resumes_and_hands_back_a_cpu_model(tmp_path, fs, graph, class_emb):
     from huse.model import HUSEModel, ModelInfo

@@ -1,14 +1,57 @@
-"""huse: hierarchical universal semantic embeddings for images and texts."""
+"""huse: hierarchical universal semantic embeddings for images and texts.
+
+``import huse`` is light: torch, FAISS and the rest load when a name that needs them is
+first used.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from huse.errors import HuseError
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load"]
+__all__ = [
+    "HuseError",
+    "Searcher",
+    "__version__",
+    "evaluate_run",
+    "fit",
+    "index_run",
+    "list_backbones",
+    "list_methods",
+    "load",
+]
+
+if TYPE_CHECKING:
+    from huse.backbones import list_backbones
+    from huse.methods import list_methods
+    from huse.model import HUSEModel
+    from huse.runs import evaluate_run, fit, index_run
+    from huse.search import Searcher
+
+# Public name → the module that defines it, imported on first use.
+_LAZY = {
+    "Searcher": "huse.search",
+    "evaluate_run": "huse.runs",
+    "fit": "huse.runs",
+    "index_run": "huse.runs",
+    "list_backbones": "huse.backbones",
+    "list_methods": "huse.methods",
+}
 
 
-def load(path):
-    """Load a trained model directory (see ``huse.model.HUSEModel.load``)."""
+def load(path: str) -> HUSEModel:
+    """Load a trained model: a run folder or its ``model/`` (see ``huse.model.HUSEModel``)."""
     from huse.model import HUSEModel
 
     return HUSEModel.load(path)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'huse' has no attribute {name!r}")

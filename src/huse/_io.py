@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from huse.errors import UnsafeOutputError
 
 
 @contextlib.contextmanager
@@ -36,9 +39,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def atomic_write_csv(
+    path: str | Path, header: Sequence[str], rows: Iterable[Sequence[object]]
+) -> None:
+    """A CSV file (UTF-8, the csv module's default dialect): a header, then ``rows``."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def check_output_dir(path: str | Path, what: str = "--out") -> Path:
@@ -47,8 +55,6 @@ def check_output_dir(path: str | Path, what: str = "--out") -> Path:
     Raises:
         UnsafeOutputError: ``path``, or a folder above it, exists and is not a folder.
     """
-    from huse.errors import UnsafeOutputError
-
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():

@@ -18,6 +18,7 @@ import pickle
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ import torch
 from huse._io import atomic_path, atomic_write_text
 from huse.errors import HuseError
 from huse.methods import TrainConfig
+
+if TYPE_CHECKING:
+    from huse.dataset import FeatureSet
 
 # Settings that may change between a run and its resume; any other difference is refused.
 RESUMABLE_SETTINGS = ("epochs", "patience", "min_epochs", "device", "bf16")
@@ -70,7 +74,7 @@ def state_digest(state: dict) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(fs) -> str:
+def data_fingerprint(fs: FeatureSet) -> str:
     """What a checkpoint was trained on: items, labels, split and feature shapes."""
     h = hashlib.sha256()
     for col in ("id", "label", "split"):

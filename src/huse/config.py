@@ -80,7 +80,7 @@ class ManifestConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 bad.append(f"{name} {getattr(self, name)!r}: a column name")
         if not isinstance(self.sep, str) or not self.sep:
-            bad.append(f"sep {self.sep!r}: at least one character")
+            bad.append(f"sep {self.sep!r}: the class path separator (--sep) must not be empty")
         v = self.max_text_chars
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             bad.append(f"max_text_chars {v!r}: a positive whole number")

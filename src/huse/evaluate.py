@@ -8,13 +8,17 @@ without a classifier are scored by the nearest training-class centroid, and say 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from huse.data.hierarchy import Hierarchy
 from huse.metrics import classification_metrics, retrieval_metrics
-from huse.model import HUSENet, csr_to_torch
+from huse.model import HUSENet, ModelOutput
+
+if TYPE_CHECKING:
+    from huse.dataset import FeatureSet
 
 RECALL_KS = (1, 5, 10)
 # Similarities scored at once: a chunk holds about 11 bytes per entry (float32 scores,
@@ -37,28 +41,22 @@ def hierarchy_arrays(h: Hierarchy) -> tuple[dict[int, np.ndarray], np.ndarray]:
 
 
 @torch.no_grad()
-def embed(net: HUSENet, fs, idx: np.ndarray, batch_size: int = 2048):
-    """Image and text embeddings and (image, text, joint) logits of the items ``idx``."""
+def embed(
+    net: HUSENet, fs: FeatureSet, idx: np.ndarray, batch_size: int = 2048
+) -> ModelOutput[np.ndarray]:
+    """The net's output for the items ``idx``, as numpy arrays (a net still on the training
+    device is run there)."""
     net.eval()
-    dev = next(net.parameters()).device  # a net still on the training device
-    ie, te, li, lt, lj = [], [], [], [], []
-    for s in range(0, len(idx), batch_size):
-        b = idx[s : s + batch_size]
-        x_i = torch.from_numpy(fs.image[b]).float().to(dev)
-        x_t = torch.from_numpy(fs.text[b]).float().to(dev)
-        tf = csr_to_torch(fs.tfidf[b]).to(dev) if net.cfg.tfidf_dim else None
-        e_i, e_t = net.embed_image(x_i), net.embed_text(x_t, tf)
-        a, c, j = net.logits(e_i, e_t)
-        ie.append(e_i.cpu().numpy())
-        te.append(e_t.cpu().numpy())
-        for store, v in ((li, a), (lt, c), (lj, j)):
-            if v is not None:
-                store.append(v.cpu().numpy())
+    parts: list[ModelOutput[np.ndarray]] = [
+        net(*net.feature_batch(fs, idx[s : s + batch_size])).map(lambda t: t.cpu().numpy())
+        for s in range(0, len(idx), batch_size)
+    ]
 
-    def cat(xs):
+    def cat(field: str) -> np.ndarray | None:
+        xs = [getattr(p, field) for p in parts if getattr(p, field) is not None]
         return np.concatenate(xs) if xs else None
 
-    return cat(ie), cat(te), cat(li), cat(lt), cat(lj)
+    return ModelOutput(*(cat(f) for f in ModelOutput._fields))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -130,15 +128,15 @@ def space_metrics(
 
 
 def class_scores(
-    net: HUSENet, fs, embedded: tuple, train_split: str = "train"
+    net: HUSENet, fs: FeatureSet, embedded: ModelOutput[np.ndarray], train_split: str = "train"
 ) -> tuple[dict[str, np.ndarray | None], str]:
     """Class scores for image, text and fusion from ``embed``'s output, and how they were
     made: ``"classifier"`` (softmaxes, fused by the net's weight) or ``"centroid"``
     (cosine to the training-class centroids, for methods without a classifier)."""
-    img, txt, li, lt, lj = embedded
+    li, lt = embedded.image_logits, embedded.text_logits
     scores: dict[str, np.ndarray | None] = {"image": None, "text": None, "fusion": None}
-    if lj is not None:  # the notebook's joint classifier: no single-modality prediction
-        scores["fusion"] = softmax(lj)
+    if embedded.joint_logits is not None:  # the notebook's: no single-modality prediction
+        scores["fusion"] = softmax(embedded.joint_logits)
         return scores, "classifier"
     if li is not None and lt is not None:
         w = net.cfg.fusion_weight
@@ -146,12 +144,12 @@ def class_scores(
         scores["fusion"] = w * scores["image"] + (1 - w) * scores["text"]
         return scores, "classifier"
     tr = fs.split_indices(train_split)
-    if len(tr) == 0 or img is None:  # no centroids to score against
+    if len(tr) == 0 or embedded.image_embedding is None:  # no centroids to score against
         return scores, "centroid"
-    ti, tt, *_ = embed(net, fs, tr)
+    train_out = embed(net, fs, tr)
     tl, k = fs.labels[tr], len(fs.hierarchy)
-    scores["image"] = centroid_scores(img, ti, tl, k)
-    scores["text"] = centroid_scores(txt, tt, tl, k)
+    scores["image"] = centroid_scores(embedded.image_embedding, train_out.image_embedding, tl, k)
+    scores["text"] = centroid_scores(embedded.text_embedding, train_out.text_embedding, tl, k)
     scores["fusion"] = (scores["image"] + scores["text"]) / 2
     return scores, "centroid"
 
@@ -173,7 +171,12 @@ def _mode(net: HUSENet) -> str:
 
 
 def evaluate_net(
-    net: HUSENet, fs, split: str = "test", *, chunk_size: int = 1024, train_split: str = "train"
+    net: HUSENet,
+    fs: FeatureSet,
+    split: str = "test",
+    *,
+    chunk_size: int = 1024,
+    train_split: str = "train",
 ) -> dict:
     """Every metric of a trained net on one split of a feature set (all None when the split
     has no items, or when a method without a classifier has no training items to centre)."""
@@ -184,7 +187,6 @@ def evaluate_net(
     h = fs.hierarchy
     _, dist = hierarchy_arrays(h)
     embedded = embed(net, fs, idx)
-    img, txt = embedded[0], embedded[1]
     scores, cls_mode = class_scores(net, fs, embedded, train_split)
     cls, cls_sev = {}, {}
     for name, s in scores.items():
@@ -198,7 +200,9 @@ def evaluate_net(
             "hdist@1": m["hdist@1"],
             "hdist@5": m["hdist@5"],
         }
-    retrieval, hier, sev = space_metrics(img, txt, labels, h, chunk_size=chunk_size)
+    retrieval, hier, sev = space_metrics(
+        embedded.image_embedding, embedded.text_embedding, labels, h, chunk_size=chunk_size
+    )
     return {
         "classification": cls,
         "classification_mode": cls_mode,
@@ -208,7 +212,7 @@ def evaluate_net(
     }
 
 
-def evaluate_raw(fs, split: str = "test", *, chunk_size: int = 1024) -> dict:
+def evaluate_raw(fs: FeatureSet, split: str = "test", *, chunk_size: int = 1024) -> dict:
     """The raw backbone features, L2-normalised: in-modal retrieval only (the two spaces
     differ), classification by nearest training-class centroid."""
     idx = fs.split_indices(split)

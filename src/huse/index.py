@@ -39,16 +39,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from huse._registry import Registry
 from huse.config import IndexConfig
-from huse.errors import HuseError, RunError, UnsafeOutputError
-
-if TYPE_CHECKING:
-    from huse.model import HUSEModel
+from huse.errors import HuseError, UnsafeOutputError
 
 FORMAT = "huse-index"  # index.json's marker: this folder was written by huse
 FORMAT_VERSION = 2  # 2: format marker, version and a checksum for every file
@@ -65,21 +62,16 @@ class CatalogueIndexError(HuseError):
 
 
 # -- index types by name --------------------------------------------------------------
-_INDEX_TYPES: dict[str, Callable[[int, int], str]] = {}
+_INDEX_TYPES: Registry[Callable[[int, int], str]] = Registry("index type")
 
 
-def register_index_type(name: str):
-    """Register ``fn(n_vectors, dim) -> FAISS factory string`` under ``name``."""
-
-    def deco(fn: Callable[[int, int], str]) -> Callable[[int, int], str]:
-        _INDEX_TYPES[name] = fn
-        return fn
-
-    return deco
+def register_index_type(name: str) -> Callable:
+    """Register ``fn(n_vectors, dim) -> FAISS factory string`` under ``name`` (once)."""
+    return _INDEX_TYPES.register(name)
 
 
 def list_index_types() -> list[str]:
-    return sorted(_INDEX_TYPES)
+    return sorted(_INDEX_TYPES.names())
 
 
 def _nlist_for(n: int) -> int:
@@ -192,8 +184,8 @@ def index_memory_bytes(factory: str, n: int, d: int) -> int | None:
 def resolve_factory(factory: str, n: int, d: int) -> str:
     """A registered name (``auto``, ``flat``, ``hnsw``, ``ivfflat``, ``ivfpq``) or a FAISS
     factory string, passed through (the user's override of every size rule)."""
-    fn = _INDEX_TYPES.get(factory.strip().lower())
-    return fn(n, d) if fn is not None else factory.strip()
+    name = factory.strip().lower()
+    return _INDEX_TYPES.get(name)(n, d) if name in _INDEX_TYPES else factory.strip()
 
 
 def default_search_params(factory: str) -> str:
@@ -405,10 +397,10 @@ class CatalogueIndex:
 
     @classmethod
     def load(cls, path: str | Path, search_params: str | None = None) -> CatalogueIndex:
-        """Read an index folder, or a run folder's ``index/``.
+        """Read an index folder (a run folder's is found by ``huse.runs.find_index``).
 
         Args:
-            path: the index folder or a run folder holding one.
+            path: the index folder.
             search_params: override the stored FAISS search parameters.
         """
         faiss = _faiss()
@@ -636,12 +628,10 @@ def _swap_in(tmp: Path, path: Path) -> None:
 
 
 def resolve_index_dir(path: str | Path) -> Path:
-    """An index folder, or the ``index/`` of a run folder; a clear error when neither."""
+    """``path`` when it holds an index; a clear error when not."""
     path = Path(path)
     if (path / "index.json").exists():
         return path
-    if (path / "index" / "index.json").exists():
-        return path / "index"
     raise CatalogueIndexError(f"no index at {path}; build one with `huse index RUN`")
 
 
@@ -705,140 +695,6 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_dir_of(run: str | Path) -> Path:
-    run = Path(run)
-    return run / "model" if (run / "model" / "config.json").exists() else run
-
-
-def require_model_dir(run: str | Path) -> Path:
-    """The model folder of a run folder (or a bare model folder); ``RunError`` when none."""
-    run = Path(run)
-    if not run.exists():
-        raise RunError(f"{run}: no such run folder; train one with `huse fit MANIFEST --out {run}`")
-    if not run.is_dir():
-        raise RunError(f"{run} is a file, not a run folder from `huse fit`")
-    model_dir = model_dir_of(run)
-    for name in ("config.json", "model.safetensors"):
-        if not (model_dir / name).is_file():
-            raise RunError(
-                f"{run}: not a huse model directory (no {name}); pass a run folder from "
-                "`huse fit` or its model/ folder"
-            )
-    return model_dir
-
-
-def _read_run_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise RunError(f"{file} is unreadable ({type(e).__name__}: {e}); pass --manifest") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{file} is not a JSON object; pass --manifest")
-    return data
-
-
-def embed_catalogue(
-    model: HUSEModel,
-    manifest: str | Path,
-    data_config=None,
-    *,
-    progress: bool = True,
-    batch_size: int = 4096,
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
-    """Embed every valid item of a manifest with a trained model.
-
-    Backbone features come from the content-keyed cache (computed once per image and
-    text); only the towers run here. Every valid item is kept, also those of classes the
-    model never saw: a catalogue is searched by its embeddings, not its labels.
-
-    Returns:
-        ``(items, {"image": (N, D), "text": (N, D)}, skipped rows)``.
-    """
-    from tqdm.auto import tqdm
-
-    from huse.dataset import DataConfig, build_feature_set
-
-    if data_config is None:
-        data_config = DataConfig(
-            image_backbone=model.info.image_backbone, text_backbone=model.info.text_backbone
-        )
-    fs = build_feature_set(
-        manifest, data_config, classes=None, tfidf_model=model.tfidf, progress=progress
-    )
-    n = len(fs)
-    out = {m: np.zeros((n, model.info.model.embed_dim), np.float32) for m in MODALITIES}
-    tfidf = fs.tfidf if model.tfidf is not None else None
-    with tqdm(total=2 * n, desc="embedding", unit="vec", disable=not progress) as bar:
-        for s in range(0, n, batch_size):
-            e = slice(s, s + batch_size)
-            out["image"][e] = model.embed_image_features(fs.image[e])
-            bar.update(len(fs.image[e]))
-            out["text"][e] = model.embed_text_features(
-                fs.text[e], tfidf[e] if tfidf is not None else None
-            )
-            bar.update(len(fs.text[e]))
-    return fs.items, out, fs.skipped
-
-
-def index_run(
-    run: str | Path,
-    manifest: str | Path | None = None,
-    config: IndexConfig | None = None,
-    *,
-    out: str | Path | None = None,
-    progress: bool = True,
-) -> tuple[CatalogueIndex, Path]:
-    """Embed a run's catalogue (its manifest, or another) and write ``RUN/index``.
-
-    Args:
-        run: a run folder from ``huse fit`` (or a bare model folder with ``manifest``).
-        manifest: the catalogue; None: the manifest the run was trained on.
-        config: index type.
-        out: where to write the index folder (default ``RUN/index``).
-        progress: show progress bars.
-
-    Returns:
-        The index and the folder it was written to.
-    """
-    from huse.dataset import DataConfig
-    from huse.model import HUSEModel
-
-    run = Path(run)
-    config = config or IndexConfig()
-    model_dir = require_model_dir(run)
-    target = Path(out) if out is not None else run / "index"
-    # Every check that needs no embedding comes first: a bad --out or factory string is
-    # reported in a second, not after the whole catalogue was embedded.
-    check_output_dir(target)
-    if manifest is None:
-        run_json = run / "run.json"
-        manifest = _read_run_json(run_json).get("manifest") if run_json.is_file() else None
-        if not isinstance(manifest, str) or not manifest:
-            raise RunError(f"{run} has no run.json naming its manifest; pass --manifest")
-    data_config = None
-    if (run / "data_config.json").exists():
-        data_config = DataConfig.from_dict(_read_run_json(run / "data_config.json"))
-    model = HUSEModel.load(model_dir)
-    check_factory(config.factory, model.info.model.embed_dim, config.search_params)
-    t0 = time.perf_counter()
-    items, vectors, skipped = embed_catalogue(model, manifest, data_config, progress=progress)
-    seconds_embed = time.perf_counter() - t0
-    info = {
-        "model": {
-            "path": str(model_dir.resolve()),
-            "sha256": model_fingerprint(model_dir),
-            "method": model.info.method,
-            "sep": model.info.sep,
-        },
-        "manifest": str(Path(manifest).resolve()),
-        "skipped": int(len(skipped)),
-        "seconds_embed": round(seconds_embed, 3),
-    }
-    index = build_index(vectors, items, config, info)
-    index.save(target)
-    return index, target
-
-
 def load_index(path: str | Path, search_params: str | None = None) -> CatalogueIndex:
-    """Read an index folder or a run's ``index/`` (see ``CatalogueIndex.load``)."""
+    """Read an index folder (see ``CatalogueIndex.load``)."""
     return CatalogueIndex.load(path, search_params)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from huse._registry import Registry
 from huse.config import TrainConfig
 from huse.errors import ConfigError
 from huse.losses import (
@@ -130,7 +131,7 @@ class Method:
         return [k for k in settings if k not in COMMON and k not in self.uses]
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(
@@ -139,23 +140,21 @@ def register_method(
     """Register a loss builder under ``name``; a second method of one name is an error."""
 
     def wrap(fn):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
         extra = CLASSIFIER if classifier != "none" else frozenset()
-        METHODS[name] = Method(name, classifier, fn, description, defaults, frozenset(uses) | extra)
+        METHODS.add(
+            name, Method(name, classifier, fn, description, defaults, frozenset(uses) | extra)
+        )
         return fn
 
     return wrap
 
 
 def list_methods() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; known: {', '.join(list_methods())}")
-    return METHODS[name]
+    return METHODS.get(name)
 
 
 def _t(x: np.ndarray) -> torch.Tensor:

@@ -8,8 +8,10 @@ saved directory encodes raw images and texts: ``huse.load(path).encode_text([...
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,12 +22,18 @@ from torch import nn
 from huse._io import atomic_path, atomic_write_text
 from huse.errors import RunError
 
+if TYPE_CHECKING:
+    from huse.dataset import FeatureSet
+
 CLASSIFIERS = ("shared", "separate", "concat", "none")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelConfig:
     """Architecture of the towers and the classifier.
+
+    The settings a ``TrainConfig`` declares have no default here (``huse.train.model_config``
+    copies them over); ``hidden`` and ``text_layers`` are the paper's constants.
 
     Args:
         image_dim: image backbone feature size.
@@ -48,20 +56,44 @@ class ModelConfig:
             the sphere that the image and the text embeddings of its items are pulled to.
     """
 
-    image_dim: int = 1280
-    text_dim: int = 1536
-    tfidf_dim: int = 0
-    num_classes: int = 2
-    embed_dim: int = 512
+    # kw_only keeps the fields in this order (that of every saved config.json) although
+    # required ones follow ones with defaults.
+    image_dim: int
+    text_dim: int
+    tfidf_dim: int
+    num_classes: int
+    embed_dim: int
     hidden: int = 512
-    image_layers: int = 5
+    image_layers: int
     text_layers: int = 2
-    dropout: float = 0.15
-    input_dropout: float = 0.0
-    classifier: str = "shared"
-    logit_scale: float = 1.0
-    fusion_weight: float = 0.5
-    cosine_classifier: bool = False
+    dropout: float
+    input_dropout: float
+    classifier: str
+    logit_scale: float
+    fusion_weight: float
+    cosine_classifier: bool
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class ModelOutput(NamedTuple, Generic[T]):
+    """What ``HUSENet`` returns: the two embeddings and the classifier's logits, None where
+    the classifier has none (``evaluate.embed`` returns the same, as numpy arrays).
+
+    A tuple, so positional unpacking keeps working; code reads the names.
+    """
+
+    image_embedding: T
+    text_embedding: T
+    image_logits: T | None
+    text_logits: T | None
+    joint_logits: T | None  # the ``concat`` classifier's, on [image, text]
+
+    def map(self, fn: Callable[[T], U]) -> ModelOutput[U]:
+        """``fn`` applied to every field that is not None."""
+        return ModelOutput(*(None if v is None else fn(v) for v in self))
 
 
 def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -171,9 +203,22 @@ class HUSENet(nn.Module):
         w = self.cfg.fusion_weight
         return w * image_logits.softmax(-1) + (1 - w) * text_logits.softmax(-1)
 
-    def forward(self, image, text, tfidf=None):
+    def forward(
+        self, image: torch.Tensor, text: torch.Tensor, tfidf: torch.Tensor | None = None
+    ) -> ModelOutput[torch.Tensor]:
         ie, te = self.embed_image(image), self.embed_text(text, tfidf)
-        return (ie, te, *self.logits(ie, te))
+        return ModelOutput(ie, te, *self.logits(ie, te))
+
+    def feature_batch(
+        self, fs: FeatureSet, rows: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The inputs of ``forward`` for ``rows`` of a feature set, on this net's device:
+        image and text features as float32, and the sparse TF-IDF rows if the net takes them."""
+        dev = self.image_mean.device
+        image = torch.from_numpy(fs.image[rows]).float().to(dev)
+        text = torch.from_numpy(fs.text[rows]).float().to(dev)
+        tfidf = csr_to_torch(fs.tfidf[rows]).to(dev) if self.cfg.tfidf_dim else None
+        return image, text, tfidf
 
 
 def csr_to_torch(m: sp.csr_matrix) -> torch.Tensor:

@@ -21,9 +21,9 @@ from huse.index import (
     CatalogueIndexError,
     load_index,
     model_fingerprint,
-    require_model_dir,
 )
 from huse.model import HUSEModel
+from huse.runs import RunDir, find_index
 
 MAX_K = 1000
 HIT_COLUMNS = ("id", "image", "text", "classes")
@@ -126,9 +126,9 @@ class Searcher:
             RunError: ``run`` is not a run or model folder.
             CatalogueIndexError: no index, a damaged one, or one of another model.
         """
-        model_dir = require_model_dir(run)
+        model_dir = RunDir(run).require_model_dir()
         model = HUSEModel.load(model_dir)
-        idx = load_index(index if index is not None else run, search_params)
+        idx = load_index(find_index(index if index is not None else run), search_params)
         return cls(model, idx, model_fingerprint(model_dir))
 
     def warm_up(self) -> None:

@@ -15,11 +15,15 @@ import io
 import random
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from huse._dist import all_reduce_mean, broadcast_flag, gather
@@ -38,11 +42,17 @@ from huse.checkpoint import (  # noqa: F401  (re-exported: the names callers kno
 from huse.errors import DataError
 from huse.evaluate import evaluate_net, summary_scores
 from huse.methods import TrainConfig, get_method
-from huse.model import HUSENet, ModelConfig, csr_to_torch
+from huse.model import HUSENet, ModelConfig, ModelOutput
+
+if TYPE_CHECKING:
+    from huse.dataset import FeatureSet
 
 
 @dataclass
 class TrainResult:
+    """What ``train`` hands back: the net with the best epoch's weights, the log rows, and
+    how the run ended (``early_stopping`` or ``epoch_cap``)."""
+
     net: HUSENet
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
@@ -58,7 +68,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_config(fs, cfg: TrainConfig) -> ModelConfig:
+def model_config(fs: FeatureSet, cfg: TrainConfig) -> ModelConfig:
+    """The towers for this feature set, with the training configuration's settings."""
     return ModelConfig(
         image_dim=fs.image.shape[1],
         text_dim=fs.text.shape[1],
@@ -83,17 +94,6 @@ def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use adamw or rmsprop")
-
-
-def _write_log(path: Path, history: list[dict]) -> None:
-    keys: list[str] = []
-    for row in history:
-        keys += [k for k in row if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
 
 
 def _device(name: str, world: int) -> torch.device:
@@ -124,7 +124,7 @@ def _autocast(cfg: TrainConfig, device: torch.device, warn: bool = True):
 STATS_IN_ONE_GO = 2**26
 
 
-def _set_input_stats(net: HUSENet, fs, tr: np.ndarray) -> None:
+def _set_input_stats(net: HUSENet, fs: FeatureSet, tr: np.ndarray) -> None:
     if len(tr) * (fs.image.shape[1] + fs.text.shape[1]) <= STATS_IN_ONE_GO:
         net.set_input_stats(fs.image[tr], fs.text[tr])  # the exact path of small sets
         return
@@ -167,7 +167,7 @@ class SplitWarning(UserWarning):
     """The validation split is too small to early-stop on; the training loss stands in."""
 
 
-def check_splits(fs, *, warn: bool = True) -> None:
+def check_splits(fs: FeatureSet, *, warn: bool = True) -> None:
     """Refuse a feature set with no train items; warn when validation cannot be scored.
 
     Raises:
@@ -191,8 +191,240 @@ def check_splits(fs, *, warn: bool = True) -> None:
         )
 
 
+class EarlyStopping:
+    """The best epoch so far and its weights; stop after ``patience`` epochs without a
+    better score, never before ``min_epochs``."""
+
+    def __init__(self, patience: int, min_epochs: int, module: nn.Module) -> None:
+        self.patience, self.min_epochs = patience, min_epochs
+        self.best_score, self.best_epoch, self.bad = -np.inf, 0, 0
+        self.best_state = copy.deepcopy(module.state_dict())
+
+    def step(self, epoch: int, score: float, module: nn.Module) -> None:
+        """Record epoch ``epoch``'s (1-based) score; keep ``module``'s weights if it is best."""
+        if score > self.best_score + 1e-6:
+            self.best_score, self.best_epoch, self.bad = score, epoch, 0
+            self.best_state = copy.deepcopy(module.state_dict())
+        else:
+            self.bad += 1
+
+    def should_stop(self, epochs_done: int) -> bool:
+        return self.bad >= self.patience and epochs_done >= self.min_epochs
+
+    def state_dict(self) -> dict:
+        """Its part of a checkpoint (the keys ``CHECKPOINT_KEYS`` names)."""
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "bad": self.bad,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.bad, self.best_state = state["bad"], state["best_state"]
+
+
+class WeightAverage:
+    """An exponential moving average of the weights (beyond the paper), when ``decay > 0``.
+
+    ``module`` is what validation scores, early stopping keeps and the run returns: the
+    average, or the net itself without one.
+    """
+
+    def __init__(self, net: HUSENet, decay: float) -> None:
+        self.averaged = None
+        if decay > 0:
+            avg = get_ema_multi_avg_fn(decay)
+            self.averaged = AveragedModel(net, multi_avg_fn=avg, use_buffers=True)
+        self.module: nn.Module = self.averaged.module if self.averaged is not None else net
+
+    def update(self, net: HUSENet) -> None:
+        if self.averaged is not None:
+            self.averaged.update_parameters(net)
+
+    def state_dict(self) -> dict | None:
+        return self.averaged.state_dict() if self.averaged is not None else None
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.averaged is not None:  # check_resumable made sure the checkpoint has it
+            self.averaged.load_state_dict(state)
+
+
+class TrainLog:
+    """``train_log.csv`` and TensorBoard scalars in a run folder; nothing without one, or
+    on a rank other than 0."""
+
+    def __init__(self, out: Path | None, rank: int) -> None:
+        self.path = out / "train_log.csv" if out is not None and rank == 0 else None
+        self.writer = None
+        if self.path is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.writer = None
+
+    def write(self, history: list[dict]) -> None:
+        """Rewrite the CSV with every row; the newest row's numbers to TensorBoard."""
+        if self.path is None:
+            return
+        keys: list[str] = []
+        for row in history:
+            keys += [k for k in row if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+        atomic_write_text(self.path, buf.getvalue())
+        if self.writer is not None:
+            row = history[-1]
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.writer.add_scalar(k, v, row["epoch"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class LossMeter:
+    """Running means of the loss terms over an epoch's batches."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, terms: dict) -> None:
+        self.n += 1
+        for k, v in terms.items():
+            if v is not None:
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.n, 1) for k, v in self.sums.items()}
+
+    def shown(self) -> dict[str, str]:
+        return {k: f"{v:.3f}" for k, v in self.means().items()}
+
+
+def _sampler(n: int, seed: int, rank: int, world: int) -> torch.utils.data.DistributedSampler:
+    # Each rank takes every world-th item of one shared, seeded permutation per epoch; its
+    # batches of batch_size // world gathered across ranks are exactly the global batches
+    # of one process (world = 1 gives today's order: randperm seeded seed·100003 + epoch).
+    return torch.utils.data.DistributedSampler(
+        range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed * 100003,
+        drop_last=True,
+    )  # fmt: skip
+
+
+def _epoch_batches(
+    tr: np.ndarray, sampler: torch.utils.data.DistributedSampler, epoch: int, per_rank: int
+) -> Iterator[np.ndarray]:
+    """This rank's batches of train rows in epoch ``epoch``."""
+    sampler.set_epoch(epoch)
+    mine = tr[np.fromiter(iter(sampler), dtype=np.int64, count=sampler.num_samples)]
+    # Every rank holds num_samples items, so all take the same number of steps.
+    for s in range(0, len(mine), per_rank):
+        yield mine[s : s + per_rank]
+
+
+def _wrap_ddp(net: HUSENet, world: int) -> nn.Module:
+    """The net under DistributedDataParallel when torchrun started several ranks."""
+    if world > 1:
+        return nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    return net
+
+
+def _loss(
+    loss_fn: nn.Module, out: ModelOutput[torch.Tensor], y: torch.Tensor, k: int, world: int
+) -> tuple[torch.Tensor, dict]:
+    """The method's loss on a batch's output, over the whole global batch."""
+    # The losses in float32: the graph loss compares cosine distances to a margin.
+    out = out.map(lambda t: t.float())
+    if world > 1:  # the loss sees the whole global batch, as one process would
+        out, y = out.map(gather), gather(y)
+    li, lt = out.image_logits, out.text_logits
+    if out.joint_logits is not None:  # joint classifier: the same logits stand for both
+        li = lt = out.joint_logits
+    if li is None:
+        li = lt = out.image_embedding.new_zeros((len(out.image_embedding), k))
+    return loss_fn(out.image_embedding, out.text_embedding, li, lt, y)
+
+
+def _validate(module: nn.Module, fs: FeatureSet) -> dict:
+    """The validation columns of a log row; ``val_score`` is what early stopping reads."""
+    vm = evaluate_net(module, fs, "val")
+    sc = summary_scores(vm)
+    return {
+        "val_acc_image": vm["classification"]["image"],
+        "val_acc_text": vm["classification"]["text"],
+        "val_acc_fusion": vm["classification"]["fusion"],
+        **{f"val_R@1_{d}": vm["retrieval"][d]["R@1"] for d in vm["retrieval"]},
+        "val_mean_HP@5": sc["mean_HP@5"],
+        "val_score": sc["mean_R@1"],
+    }
+
+
+def _checkpoint(
+    epoch: int,
+    history: list[dict],
+    net: HUSENet,
+    loss_fn: nn.Module,
+    opt: torch.optim.Optimizer,
+    stopper: EarlyStopping,
+    ema: WeightAverage,
+    cfg: TrainConfig,
+    device: torch.device,
+    data_fp: str | None,
+) -> dict:
+    """Everything a resumed run needs to go on as if it had never stopped."""
+    best = stopper.state_dict()
+    return {
+        "net": net.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "opt": opt.state_dict(),
+        "epoch": epoch,
+        "best_score": best["best_score"],
+        "best_epoch": best["best_epoch"],
+        "bad": best["bad"],
+        "history": history,
+        "best_state": best["best_state"],
+        "ema": ema.state_dict(),
+        "rng": torch.get_rng_state(),
+        # Dropout on a GPU draws from the device's generator, not the CPU one.
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "config": asdict(cfg),
+        "data": data_fp,
+    }
+
+
+def _restore(
+    state: dict,
+    net: HUSENet,
+    loss_fn: nn.Module,
+    opt: torch.optim.Optimizer,
+    stopper: EarlyStopping,
+    ema: WeightAverage,
+    device: torch.device,
+) -> tuple[int, list[dict]]:
+    """Load a checkpoint into the run's parts; the epochs done and the log so far."""
+    # The state is on the CPU: the RNG states must stay CPU byte tensors; weights and
+    # optimizer state are copied onto the device by load_state_dict.
+    net.load_state_dict(state["net"])
+    loss_fn.load_state_dict(state["loss"])
+    opt.load_state_dict(state["opt"])
+    stopper.load_state_dict(state)
+    ema.load_state_dict(state["ema"])
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    return state["epoch"], state["history"]
+
+
 def train(
-    fs,
+    fs: FeatureSet,
     cfg: TrainConfig,
     graph: np.ndarray,
     class_emb: np.ndarray | None = None,
@@ -207,7 +439,7 @@ def train(
     every method (with or without a classifier) can be judged by.
 
     Args:
-        fs: the feature set (``huse.dataset.FeatureSet``).
+        fs: the feature set.
         cfg: the training configuration.
         graph: the K×K semantic graph.
         class_emb: class-name embeddings (HUSE-P only).
@@ -223,185 +455,82 @@ def train(
     tr = fs.split_indices("train")
     check_splits(fs, warn=rank == 0)
     _set_input_stats(net, fs, tr)
-    # Each rank takes every world-th item of one shared, seeded permutation per epoch; its
-    # batches of batch_size // world gathered across ranks are exactly the global batches
-    # of one process (world = 1 gives today's order: randperm seeded seed·100003 + epoch).
-    sampler = torch.utils.data.DistributedSampler(
-        range(len(tr)), num_replicas=world, rank=rank, shuffle=True,
-        seed=cfg.seed * 100003, drop_last=True,
-    )  # fmt: skip
+    sampler = _sampler(len(tr), cfg.seed, rank, world)
     per_rank = max(1, cfg.batch_size // world)
     loss_fn = get_method(cfg.method).build_loss(cfg, graph, class_emb)
     net.to(device)
     loss_fn.to(device)
     opt = _optimizer(list(net.parameters()) + list(loss_fn.parameters()), cfg)
-    # Weights averaged along the trajectory (beyond the paper); the average, not the raw
-    # weights, is what validation scores, early stopping keeps and the run returns.
-    ema = None
-    if cfg.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-    scored = ema.module if ema is not None else net
-    model = net
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+    ema = WeightAverage(net, cfg.ema_decay)
+    model = _wrap_ddp(net, world)
     has_val = len(fs.split_indices("val")) >= MIN_VAL_ITEMS
+    stopper = EarlyStopping(cfg.patience, cfg.min_epochs, net)
 
     out = Path(out) if out is not None else None
     ckpt = out / "checkpoints" / "last.pt" if out is not None else None
-    history: list[dict] = []
-    start_epoch, best_score, best_epoch, bad = 0, -np.inf, 0, 0
-    best_state = copy.deepcopy(net.state_dict())
     data_fp = data_fingerprint(fs) if out is not None else None
-    # On the CPU: the RNG states must stay CPU byte tensors; weights and optimizer state
-    # are copied onto the device by load_state_dict.
     state = load_checkpoint(ckpt, cfg, data_fp, rank=rank) if resume and ckpt else None
-    done_early = False
+    start_epoch, history = 0, []
     if state is not None:
-        net.load_state_dict(state["net"])
-        loss_fn.load_state_dict(state["loss"])
-        opt.load_state_dict(state["opt"])
-        start_epoch, best_score = state["epoch"], state["best_score"]
-        best_epoch, bad, history = state["best_epoch"], state["bad"], state["history"]
-        best_state = state["best_state"]
-        if ema is not None:  # check_resumable made sure the checkpoint has them
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
-        if state.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        # A run that had already stopped early stays stopped: another epoch would differ
-        # from the uninterrupted run.
-        done_early = bad >= cfg.patience and start_epoch >= cfg.min_epochs
-    labels_all = torch.from_numpy(np.array(fs.labels))
-    writer = None
-    if out is not None and rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except Exception:  # tensorboard is optional
-            writer = None
+        start_epoch, history = _restore(state, net, loss_fn, opt, stopper, ema, device)
+    # A run that had already stopped early stays stopped: another epoch would differ from
+    # the uninterrupted run.
+    done_early = state is not None and stopper.should_stop(start_epoch)
+    labels = torch.from_numpy(np.array(fs.labels))
+    log = TrainLog(out, rank)
 
     stopped = "early_stopping" if done_early else "epoch_cap"
     bar = tqdm(
         range(start_epoch, start_epoch if done_early else cfg.epochs),
-        initial=start_epoch,
-        total=cfg.epochs,
-        desc=f"train {cfg.method}",
-        unit="epoch",
-        disable=not progress or rank != 0,
-        dynamic_ncols=True,
-    )
-    epoch = start_epoch
+        initial=start_epoch, total=cfg.epochs, desc=f"train {cfg.method}", unit="epoch",
+        disable=not progress or rank != 0, dynamic_ncols=True,
+    )  # fmt: skip
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
         loss_fn.train()
-        sampler.set_epoch(epoch)
-        mine = tr[np.fromiter(iter(sampler), dtype=np.int64, count=sampler.num_samples)]
-        sums: dict[str, float] = {}
-        n_batches = 0
-        # Every rank holds num_samples items, so all take the same number of steps.
-        for s in range(0, len(mine), per_rank):
-            b = mine[s : s + per_rank]
-            x_i = torch.from_numpy(fs.image[b]).float().to(device)
-            x_t = torch.from_numpy(fs.text[b]).float().to(device)
-            tf = csr_to_torch(fs.tfidf[b]).to(device) if net.cfg.tfidf_dim else None
-            y = labels_all[b].to(device)
+        meter = LossMeter()
+        for b in _epoch_batches(tr, sampler, epoch, per_rank):
+            inputs, y = net.feature_batch(fs, b), labels[b].to(device)
             with amp:
-                out_ = model(x_i, x_t, tf)
-            # The losses in float32: the graph loss compares cosine distances to a margin.
-            ie, te, li, lt, lj = (None if o is None else o.float() for o in out_)
-            if world > 1:  # the loss sees the whole global batch, as one process would
-                ie, te, y = gather(ie), gather(te), gather(y)
-                li, lt, lj = (None if o is None else gather(o) for o in (li, lt, lj))
-            if lj is not None:  # joint classifier: the same logits stand for both
-                li = lt = lj
-            if li is None:
-                li = lt = ie.new_zeros((len(ie), net.cfg.num_classes))
-            loss, terms = loss_fn(ie, te, li, lt, y)
+                output = model(*inputs)
+            loss, terms = _loss(loss_fn, output, y, net.cfg.num_classes, world)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
                 _average_grads(loss_fn)
             opt.step()
-            if ema is not None:
-                ema.update_parameters(net)
-            n_batches += 1
-            for k, v in terms.items():
-                if v is not None:
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix({k: f"{v / n_batches:.3f}" for k, v in sums.items()}, refresh=False)
-        row: dict = {"epoch": epoch + 1}
-        row.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
+            ema.update(net)
+            meter.add(terms)
+            bar.set_postfix(meter.shown(), refresh=False)
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in meter.means().items()}}
         if has_val and rank == 0:
-            vm = evaluate_net(scored, fs, "val")
-            sc = summary_scores(vm)
-            row.update(
-                {
-                    "val_acc_image": vm["classification"]["image"],
-                    "val_acc_text": vm["classification"]["text"],
-                    "val_acc_fusion": vm["classification"]["fusion"],
-                    **{f"val_R@1_{d}": vm["retrieval"][d]["R@1"] for d in vm["retrieval"]},
-                    "val_mean_HP@5": sc["mean_HP@5"],
-                    "val_score": sc["mean_R@1"],
-                }
-            )
-            score = sc["mean_R@1"]
+            row.update(_validate(ema.module, fs))
+            score = row["val_score"]
         else:
             score = -row.get("train_total", 0.0)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        if score > best_score + 1e-6:
-            best_score, best_epoch, bad = score, epoch + 1, 0
-            best_state = copy.deepcopy(scored.state_dict())
-        else:
-            bad += 1
-        bar.set_postfix(
-            {**{k: f"{v / max(n_batches, 1):.3f}" for k, v in sums.items()},
-             "val": f"{score:.3f}", "best": best_epoch}
-        )  # fmt: skip
+        stopper.step(epoch + 1, score, ema.module)
+        bar.set_postfix({**meter.shown(), "val": f"{score:.3f}", "best": stopper.best_epoch})
         if rank == 0 and out is not None:
-            _write_log(out / "train_log.csv", history)
-            if writer is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
-                        writer.add_scalar(k, v, epoch + 1)
-            state = {
-                "net": net.state_dict(),
-                "loss": loss_fn.state_dict(),
-                "opt": opt.state_dict(),
-                "epoch": epoch + 1,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "bad": bad,
-                "history": history,
-                "best_state": best_state,
-                "ema": ema.state_dict() if ema is not None else None,
-                "rng": torch.get_rng_state(),
-                # Dropout on a GPU draws from the device's generator, not the CPU one.
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "config": asdict(cfg),
-                "data": data_fp,
-            }
+            log.write(history)
+            state = _checkpoint(
+                epoch + 1, history, net, loss_fn, opt, stopper, ema, cfg, device, data_fp
+            )
             save_checkpoint(ckpt, state)
-        if broadcast_flag(bad >= cfg.patience and epoch + 1 >= cfg.min_epochs):
+        if broadcast_flag(stopper.should_stop(epoch + 1)):
             stopped = "early_stopping"
             break
     bar.close()
-    if writer is not None:
-        writer.close()
-    net.load_state_dict(best_state)
+    log.close()
+    net.load_state_dict(stopper.best_state)
     net.eval()
-    active = None
-    gl = getattr(loss_fn, "graph_loss", None)
-    if gl is not None and hasattr(gl, "active_fraction"):
-        active = _graph_active(net, fs, tr, gl, cfg.batch_size)
+    active = _graph_active(net, fs, tr, loss_fn, cfg.batch_size)
     return TrainResult(
         net=net,
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=stopper.best_epoch,
         epochs_run=len(history),
         stopped=stopped,
         seconds=time.perf_counter() - t_start,
@@ -410,20 +539,25 @@ def train(
 
 
 @torch.no_grad()
-def _graph_active(net, fs, tr, graph_loss, batch_size) -> float | None:
-    """Share of pairs under the margin (σ = 1) over shuffled train batches of the final model.
+def _graph_active(
+    net: HUSENet, fs: FeatureSet, tr: np.ndarray, loss_fn: nn.Module, batch_size: int
+) -> float | None:
+    """Share of pairs under the margin (σ = 1) over shuffled train batches of the final
+    model; None for a method without a semantic graph loss.
 
     Shuffled like training batches: manifests are often sorted by class, and in-order
     batches would be mostly same-class pairs (A = 0), overstating the share.
     """
+    graph_loss = getattr(loss_fn, "graph_loss", None)
+    if graph_loss is None or not hasattr(graph_loss, "active_fraction"):
+        return None
     fracs = []
     dev = next(net.parameters()).device
     order = tr[np.random.default_rng(0).permutation(len(tr))]
     for s in range(0, min(len(order), 20 * batch_size), batch_size):
         b = order[s : s + batch_size]
-        tf = csr_to_torch(fs.tfidf[b]).to(dev) if net.cfg.tfidf_dim else None
-        ie = net.embed_image(torch.from_numpy(fs.image[b]).float().to(dev))
-        te = net.embed_text(torch.from_numpy(fs.text[b]).float().to(dev), tf)
+        image, text, tfidf = net.feature_batch(fs, b)
+        ie, te = net.embed_image(image), net.embed_text(text, tfidf)
         graph_loss(ie, te, torch.from_numpy(fs.labels[b]).to(dev))
         if graph_loss.active_fraction is not None:
             fracs.append(graph_loss.active_fraction)

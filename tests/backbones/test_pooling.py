@@ -195,7 +195,8 @@ def test_prefix_backbone():
 
 
 def test_register_a_new_backbone(monkeypatch):
-    monkeypatch.setattr(_registry, "_ENTRIES", dict(_registry._ENTRIES))
+    for registry in _registry._REGISTRIES.values():
+        monkeypatch.setattr(registry, "_entries", dict(registry._entries))
 
     @register_backbone("toy", "image")
     def toy(**kw):
@@ -206,6 +207,12 @@ def test_register_a_new_backbone(monkeypatch):
     assert get_backbone("toy", "image", device="cpu") == ("toy", {"device": "cpu"})
     row = next(r for r in describe_backbones("image") if r["name"] == "toy")
     assert row["summary"] == "A toy." and row["offline"] is None
+    # A second backbone of one name and kind is refused, not silently swapped in.
+    with pytest.raises(ValueError, match="image backbone 'toy' is registered twice"):
+        register_backbone("toy", "image")(lambda **kw: None)
+    assert get_backbone("toy", "image") == ("toy", {})
+    register_backbone("toy", "text")(lambda **kw: "text toy")  # another kind: its own name
+    assert get_backbone("toy", "text") == "text toy"
 
 
 @pytest.mark.slow

@@ -192,6 +192,32 @@ def test_thumbnail_bytes_is_bounded_and_encoded(tmp_path):
         thumbnail_bytes(path, 96, max_pixels=1000)
 
 
+def test_lanczos_thumbnail_is_the_whole_image_shrunk_then_flattened(tmp_path):
+    """The demo set's thumbnails: convert to RGBA, one Lanczos pass, composite on white
+    (computed here with Pillow directly), stored in the smaller of JPEG and PNG."""
+    from huse.data.images import thumbnail_bytes
+
+    path = tmp_path / "big.png"
+    im = Image.new("RGBA", (400, 200), (0, 0, 0, 0))
+    im.paste((255, 0, 0, 255), (100, 50, 300, 150))
+    im.save(path)
+    expected = im.copy()
+    expected.thumbnail((100, 100), Image.Resampling.LANCZOS)
+    white = Image.new("RGBA", expected.size, (255, 255, 255, 255))
+    expected = Image.alpha_composite(white, expected).convert("RGB")
+    kw = {"quality": 85, "resample": Image.Resampling.LANCZOS}
+    data = thumbnail_bytes(path, 100, fmt=("JPEG", "PNG"), **kw)
+    jpeg, png = (thumbnail_bytes(path, 100, fmt=f, **kw) for f in ("JPEG", "PNG"))
+    assert data == min(jpeg, png, key=len)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), np.asarray(expected))
+    thumb = Image.open(io.BytesIO(data)).convert("RGB")
+    assert thumb.size == (100, 50) and thumb.getpixel((2, 2)) == (255, 255, 255)
+    r, g, b = thumb.getpixel((50, 25))
+    assert r > 240 and g < 15 and b < 15
+    with pytest.raises(ImageError, match="too large"):
+        thumbnail_bytes(path, 100, max_pixels=10_000, **kw)
+
+
 def test_small_images_are_not_upscaled():
     img = load_image(png_bytes(noise(30, 20)), max_side=1024)
     assert img.size == (30, 20)

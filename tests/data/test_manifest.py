@@ -365,10 +365,14 @@ def test_unterminated_quote_is_reported_and_later_rows_are_kept(folder):
         encoding="utf-8",
     )
     m = read_manifest(path)
-    assert m.items["id"].tolist() == ["1", "2", "3", "6"]
-    assert m.items["row"].tolist() == [1, 2, 3, 6]  # numbering stays on the file's rows
+    # Row 4 alone is lost; row 5, which its open quote would have swallowed, is read again.
+    assert m.items["id"].tolist() == ["1", "2", "3", "5", "6"]
+    assert m.items["row"].tolist() == [1, 2, 3, 5, 6]  # numbering stays on the file's rows
+    assert m.items["text"].tolist()[3] == "five"
     assert [(s.row, s.id, s.column) for s in m.skipped] == [(4, "", "")]
-    assert m.skipped[0].reason.startswith("unterminated quote: rows 4-5 merged")
+    assert m.skipped[0].reason.startswith(
+        "unterminated quote in row 4 (it would have swallowed rows 5-5"
+    )
 
 
 def test_unterminated_quote_to_the_end_of_the_file(folder):
@@ -379,9 +383,11 @@ def test_unterminated_quote_to_the_end_of_the_file(folder):
         encoding="utf-8",
     )
     m = read_manifest(path)
-    assert m.items["id"].tolist() == ["1"]
+    assert m.items["id"].tolist() == ["1", "3", "4"]
     assert [s.row for s in m.skipped] == [2]
-    assert m.skipped[0].reason.startswith("unterminated quote: rows 2-4 merged")
+    assert m.skipped[0].reason.startswith(
+        "unterminated quote in row 2 (it would have swallowed rows 3-4"
+    )
 
 
 def test_quoted_fields_with_newlines_are_not_mistaken_for_broken_quotes(folder):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from huse.data.demo import build_demo, encode_smallest, load_thumbnail
+from huse.data.demo import build_demo
 from huse.data.openclipart import (
     REASON_DUPLICATE,
     REASON_EMPTY_STRIPPED,
@@ -22,6 +22,7 @@ from huse.data.openclipart import (
     build_openclipart,
     strip_class_words,
 )
+from huse.errors import ConfigError
 
 SVG = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
 {doctype}<svg xmlns="http://www.w3.org/2000/svg" xmlns:dc="http://purl.org/dc/elements/1.1/"
@@ -272,23 +273,21 @@ def test_missing_root_says_how_to_install(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_load_thumbnail_flattens_on_white_and_guards_pixels(tmp_path: Path) -> None:
-    path = tmp_path / "big.png"
-    im = Image.new("RGBA", (400, 200), (0, 0, 0, 0))
-    im.paste((255, 0, 0, 255), (100, 50, 300, 150))
-    im.save(path)
-    thumb = load_thumbnail(path, 100)
-    assert thumb.mode == "RGB" and thumb.size == (100, 50)
-    assert thumb.getpixel((2, 2)) == (255, 255, 255)  # transparent -> white, not black
-    r, g, b = thumb.getpixel((50, 25))
-    assert r > 240 and g < 15 and b < 15
-    palette = tmp_path / "p.png"
-    _png(palette, (0, 0, 255, 255), mode="P")
-    assert load_thumbnail(palette, 100).getpixel((0, 0)) == (255, 255, 255)
-    with pytest.raises(ValueError, match="megapixels"):
-        load_thumbnail(path, 100, max_pixels=10_000)
-    data, suffix = encode_smallest(thumb)
-    assert suffix in (".jpg", ".png") and len(data) > 0
+def test_out_dir_is_required(fake_root: Path) -> None:
+    with pytest.raises(ConfigError, match="needs out_dir"):
+        build_openclipart(fake_root)
+
+
+def test_manifests_are_written_atomically(fake_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    build_openclipart(fake_root, out)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dropped.csv",
+        "duplicates.csv",
+        "manifest.csv",
+        "manifest_stripped.csv",
+    ]  # no temporary file left behind
+    assert (out / "manifest.csv").read_bytes().startswith(b"id,image,text,classes\r\n")
 
 
 def test_build_demo_on_fake_tree(fake_root: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """Two trained runs on the same tiny manifest: ``huse`` and ``shared``."""
     from huse.dataset import DataConfig
     from huse.methods import resolve_config
-    from huse.run import fit
+    from huse.runs import fit
 
     root = tmp_path_factory.mktemp("report-runs")
     manifest = _tiny_manifest(root)
@@ -237,7 +237,7 @@ def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
 
 def test_import_huse_does_not_import_matplotlib():
     code = (
-        "import sys, huse, huse.run, huse.cli.report; "
+        "import sys, huse, huse.runs, huse.cli.report; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import huse.data.images as images_module
 import huse.serve.app as app_module
 
 
@@ -251,11 +252,22 @@ def raw_get(app, path: str) -> tuple[int, bytes]:
     return sent[0]["status"], body
 
 
+def record_opened(monkeypatch) -> list:
+    """Every image the app decodes: uploads (its own ``load_image``), thumbnails and
+    catalogue images (``huse.data.images.load_image``, behind ``thumbnail_bytes`` and
+    ``Searcher.search_item``)."""
+    opened = []
+    for module in (app_module, images_module):
+        real = module.load_image
+        monkeypatch.setattr(
+            module, "load_image", lambda p, real=real, **kw: opened.append(p) or real(p, **kw)
+        )
+    return opened
+
+
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_traversal_attempts_get_404(client, fake_searcher, monkeypatch, path):
-    opened = []
-    real = app_module.load_image
-    monkeypatch.setattr(app_module, "load_image", lambda p, **kw: opened.append(p) or real(p, **kw))
+    opened = record_opened(monkeypatch)
     r = client.get(path)
     assert r.status_code == 404, (path, r.status_code)
     assert "root:" not in r.text and "[project]" not in r.text
@@ -269,9 +281,7 @@ def test_ids_are_looked_up_never_opened(client, fake_searcher, monkeypatch):
     """Even a catalogue file's own absolute path is not an id; every file opened is one
     the index's metadata names."""
     catalogue = set(fake_searcher.index.items["image"])
-    opened = []
-    real = app_module.load_image
-    monkeypatch.setattr(app_module, "load_image", lambda p, **kw: opened.append(p) or real(p, **kw))
+    opened = record_opened(monkeypatch)
     some_path = next(iter(catalogue))
     assert client.get(f"/api/thumb/{some_path}").status_code == 404
     assert client.post("/api/search", json={"item": some_path}).status_code == 404
@@ -293,3 +303,20 @@ def test_loopback_server_refuses_foreign_host_header(fake_searcher):
         assert c.get("/api/health").status_code == 200
         assert c.get("/api/health", headers={"host": "localhost:8000"}).status_code == 200
         assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_an_item_whose_image_is_unreadable_is_a_422(fake_searcher, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from huse.serve import create_app
+
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a picture")
+    broken = type(fake_searcher)(fake_searcher.index)
+    broken._cols = {**broken._cols, "image": [str(junk)] * len(fake_searcher.index)}
+    item_id = fake_searcher.index.items["id"].iloc[2]
+    with TestClient(create_app(broken)) as c:
+        r = c.post("/api/search", json={"item": item_id})
+        assert c.app.state.decode_gate.peak == 1  # the item's image was decoded in a slot
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith(f"item {item_id!r} has an unreadable image: not an image")

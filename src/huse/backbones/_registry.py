@@ -1,6 +1,7 @@
 """Backbones by name: ``get_backbone("efficientnet-lite0")``, ``list_backbones()``.
 
-A name is registered once per kind, so one prefix (``hf:``) can serve both image and text
+A name is registered once per kind (one ``huse._registry.Registry`` per kind; a second
+registration of a name is an error), so one prefix (``hf:``) can serve both image and text
 backbones. Each entry declares the options it takes (``image_fit``, ``text_pooling``,
 ``bf16``...): ``get_backbone`` drops options whose value is None (the backbone's default)
 and rejects, with a ``ConfigError``, an option the backbone does not take.
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from huse._registry import Registry
 from huse.errors import ConfigError
 
 KINDS = ("image", "text")
@@ -41,7 +43,7 @@ class BackboneEntry:
         return self.name + "<model-id-or-folder>" if self.is_prefix else self.name
 
 
-_ENTRIES: dict[tuple[str, str], BackboneEntry] = {}
+_REGISTRIES: dict[str, Registry[BackboneEntry]] = {k: Registry(f"{k} backbone") for k in KINDS}
 
 
 def register_backbone(
@@ -64,14 +66,20 @@ def register_backbone(
             backbone works offline.
         needs: what it needs, in words (for ``huse backbones``).
         summary: one line on what it is.
+
+    Raises:
+        ValueError: an unknown kind, or a name already registered for this kind.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
 
     def wrap(factory: Callable[..., Any]) -> Callable[..., Any]:
         opts = options if options is not None else _signature_options(factory)
-        _ENTRIES[(name, kind)] = BackboneEntry(
-            name, kind, factory, tuple(opts), dim, module, needs, summary or _doc(factory)
+        _REGISTRIES[kind].add(
+            name,
+            BackboneEntry(
+                name, kind, factory, tuple(opts), dim, module, needs, summary or _doc(factory)
+            ),
         )
         return factory
 
@@ -90,7 +98,11 @@ def _doc(factory: Callable[..., Any]) -> str:
 
 
 def _entries(kind: str | None = None) -> list[BackboneEntry]:
-    return [e for (_, k), e in sorted(_ENTRIES.items()) if kind in (None, k)]
+    """Entries of one kind (or all), by name then kind."""
+    kinds = [k for k in KINDS if kind in (None, k)]
+    return sorted(
+        (e for k in kinds for e in _REGISTRIES[k].values()), key=lambda e: (e.name, e.kind)
+    )
 
 
 def list_backbones(kind: str | None = None) -> list[str]:

@@ -319,7 +319,9 @@ class HFTextEncoder:
             texts,
             padding="max_length" if self.pad_to_max else True,
             pad_to_multiple_of=(
-                PAD_MULTIPLE if not self.pad_to_max and self.max_tokens % PAD_MULTIPLE == 0 else None
+                PAD_MULTIPLE
+                if not self.pad_to_max and self.max_tokens % PAD_MULTIPLE == 0
+                else None
             ),
             truncation=True,
             max_length=self.max_tokens,

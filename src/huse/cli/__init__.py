@@ -4,85 +4,68 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from huse._io import check_output_dir
-from huse.data.manifest import ManifestConfig
-from huse.errors import HuseError, UnsafeOutputError
+from huse._settings import read_config_file, values_from_mapping, with_values
+from huse.cli._flags import add_config_flags, given
+from huse.config import DataConfig, TrainConfig
+from huse.errors import ConfigError, HuseError, UnsafeOutputError
+
+DATA, TRAIN = "data.", "train."
+MANIFEST_HELP = (
+    "CSV, TSV, JSONL or Parquet file with image, text and classes columns (see --image-col...)"
+)
 
 
-def _add_manifest_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("manifest columns")
-    g.add_argument("--image-col", default="image")
-    g.add_argument("--text-col", default="text")
-    g.add_argument("--classes-col", default="classes")
-    g.add_argument("--id-col", default="id")
-    g.add_argument("--split-col", default="split")
-    g.add_argument("--sep", default="<", help="class path separator (default '<')")
+def _add_common(p: argparse.ArgumentParser, sections: str) -> None:
+    g = p.add_argument_group("run")
     g.add_argument(
-        "--max-text-chars",
-        type=int,
-        default=20_000,
-        help="longer texts are cut to this many characters, noted in notes.csv (default 20000)",
+        "--config",
+        metavar="FILE",
+        help=f"JSON or TOML settings file with sections {sections}; flags override it",
     )
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    _add_manifest_args(p)
-    g = p.add_argument_group("features")
-    # Literals keep `huse --help` free of torch; a test ties them to DataConfig's defaults.
-    g.add_argument("--image-backbone", default="efficientnet-lite2")
-    g.add_argument("--text-backbone", default="minilm-l6")
-    g.add_argument("--batch-size", type=int, default=32, help="image backbone batch size")
-    g.add_argument("--workers", type=int, default=0, help="image decoding processes")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="cpu")
-    g.add_argument(
-        "--image-fit",
-        choices=["pad", "crop"],
-        default=None,
-        help="pad: letterbox on white (default); crop: the model's own resize and crop",
-    )
-    g.add_argument(
-        "--text-pooling",
-        choices=["last4", "mean", "cls", "model"],
-        default=None,
-        help="hf: text backbones (default: model for CLIP/SigLIP, last4 otherwise)",
-    )
-    g.add_argument(
-        "--max-image-mb",
-        type=float,
-        default=256.0,
-        help="image files larger than this are skipped unread (default 256)",
-    )
+def _add_data_args(p: argparse.ArgumentParser, *, cache_shown: str | None = None, skip=()) -> None:
+    defaults = {"cache_dir": cache_shown} if cache_shown else None
+    add_config_flags(p, DataConfig, prefix=DATA, title="features", skip=skip, defaults=defaults)
+
+
+def _file_values(args: argparse.Namespace, section: str, cls: type) -> dict:
+    """The ``[section]`` of ``--config FILE`` as setting paths → values (checked)."""
+    if not getattr(args, "config", None):
+        return {}
+    data = read_config_file(args.config)
+    known = {"data", "train", "index", "serve"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"--config {args.config}: unknown section(s) {', '.join(unknown)}; use "
+            f"{', '.join(sorted(known))}"
+        )
+    part = data.get(section, {})
+    if not isinstance(part, dict):
+        raise ConfigError(f"--config {args.config}: [{section}] must be a table of settings")
+    return values_from_mapping(cls, part, f"--config {args.config} [{section}]")
+
+
+def config_from_args(args: argparse.Namespace, cls: type, section: str, prefix: str):
+    """``cls()`` with ``--config``'s [section], then the flags given, applied."""
+    values = _file_values(args, section, cls) | given(args, cls, prefix=prefix)
+    return with_values(cls(), values)
 
 
 def _data_config(args: argparse.Namespace, cache_dir: str | None):
-    from huse.data.split import SplitConfig
-    from huse.dataset import DataConfig
-
-    return DataConfig(
-        manifest=ManifestConfig(
-            image_col=args.image_col,
-            text_col=args.text_col,
-            classes_col=args.classes_col,
-            id_col=args.id_col,
-            split_col=args.split_col,
-            sep=args.sep,
-            max_text_chars=args.max_text_chars,
-        ),
-        split=SplitConfig(seed=args.seed),
-        image_backbone=args.image_backbone,
-        text_backbone=args.text_backbone,
-        image_batch_size=args.batch_size,
-        num_workers=args.workers,
-        cache_dir=cache_dir,
-        device=args.device,
-        image_fit=args.image_fit,
-        text_pooling=args.text_pooling,
-        max_image_file_bytes=int(args.max_image_mb * 2**20),
-    )
+    """DataConfig from its defaults, then ``--config``'s [data], then the flags given."""
+    values = _file_values(args, "data", DataConfig) | given(args, DataConfig, prefix=DATA)
+    if cache_dir is not None and ("cache_dir",) not in values:
+        values[("cache_dir",)] = cache_dir
+    return with_values(DataConfig(), values)
 
 
 def _summary_skipped(fs, out: Path) -> str:
@@ -98,8 +81,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from huse.dataset import build_feature_set
 
     out = check_output_dir(args.out)
-    cache = args.cache or str(out / "cache")
-    config = _data_config(args, cache)
+    config = _data_config(args, str(out / "cache"))  # unless --cache names another
+    cache = config.cache_dir
     from huse._dist import is_main, teardown
 
     fs = build_feature_set(args.manifest, config, progress=not args.quiet)
@@ -130,97 +113,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from huse.methods import PRESETS, list_methods
-
-    g = p.add_argument_group("training (unset flags take the preset's value)")
-    g.add_argument("--method", default="huse", choices=list_methods())
-    g.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--train-batch-size", type=int, dest="train_batch_size")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", choices=["adamw", "rmsprop"])
-    g.add_argument("--alpha", type=float, help="classification loss weight")
-    g.add_argument("--beta", type=float, help="graph loss weight")
-    g.add_argument("--gamma", type=float, help="gap loss weight")
-    g.add_argument("--margin", type=float, help="graph loss margin ζ")
-    g.add_argument("--graph-source", choices=["names", "tree", "mix"])
-    g.add_argument("--graph-scale", type=float, help="graph loss targets = min(2, scale * A)")
-    g.add_argument(
-        "--graph-cross-only",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="graph loss on image-text pairs only",
-    )
-    g.add_argument(
-        "--gap-text-teacher",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the gap loss moves only the image side",
-    )
-    g.add_argument("--delta", type=float, help="class-level cross-modal contrastive weight")
-    g.add_argument("--hier-smoothing", type=float)
-    g.add_argument("--logit-scale", type=float)
-    g.add_argument("--fusion-weight", type=float)
-    g.add_argument(
-        "--cosine-classifier",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="normalised classifier rows (class prototypes)",
-    )
-    g.add_argument("--embed-dim", type=int)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--dropout", type=float, help="dropout after each hidden tower layer")
-    g.add_argument(
-        "--input-dropout", type=float, help="dropout on the backbone features entering the towers"
-    )
-    g.add_argument("--image-layers", type=int, help="hidden layers of the image tower")
-    g.add_argument("--ema-decay", type=float, help="average the weights (e.g. 0.99); 0 = off")
-    g.add_argument("--patience", type=int)
-    g.add_argument(
-        "--bf16",
-        action="store_true",
-        default=None,
-        help="bfloat16 mixed precision on a CUDA device (elsewhere: a warning, float32)",
-    )
-    g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
-    g.add_argument("--quiet", action="store_true")
+def _add_train_args(p: argparse.ArgumentParser, *, skip=()) -> None:
+    add_config_flags(
+        p, TrainConfig, prefix=TRAIN, title="training (unset flags take the preset's value)",
+        skip=skip,
+    )  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
 
 
 def _train_config(args: argparse.Namespace):
+    """TrainConfig: the preset, the method's defaults, ``--config``'s [train], the flags."""
     from huse.methods import resolve_config
 
-    return resolve_config(
-        args.method,
-        args.preset,
-        epochs=args.epochs,
-        batch_size=args.train_batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        alpha=args.alpha,
-        beta=args.beta,
-        gamma=args.gamma,
-        margin=args.margin,
-        graph_source=args.graph_source,
-        graph_scale=args.graph_scale,
-        graph_cross_only=args.graph_cross_only,
-        gap_text_teacher=args.gap_text_teacher,
-        delta=args.delta,
-        hier_smoothing=args.hier_smoothing,
-        logit_scale=args.logit_scale,
-        fusion_weight=args.fusion_weight,
-        cosine_classifier=args.cosine_classifier,
-        embed_dim=args.embed_dim,
-        weight_decay=args.weight_decay,
-        dropout=args.dropout,
-        input_dropout=args.input_dropout,
-        image_layers=args.image_layers,
-        ema_decay=args.ema_decay,
-        patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        bf16=args.bf16,
-    )
+    values = _file_values(args, "train", TrainConfig) | given(args, TrainConfig, prefix=TRAIN)
+    over = {path[0]: v for path, v in values.items()}
+    if getattr(args, "shared_seed_device", False):  # fit: one --seed, one --device
+        data = _data_config(args, None)
+        over.setdefault("seed", data.split.seed)
+        over.setdefault("device", data.device)
+    return resolve_config(over.pop("method", "huse"), over.pop("preset", "default"), **over)
 
 
 def _print_metrics(m: dict, out: Path) -> None:
@@ -244,7 +155,7 @@ def _print_metrics(m: dict, out: Path) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from huse.run import fit
+    from huse.runs import fit
 
     out = check_output_dir(args.out)
     cache = args.features
@@ -269,19 +180,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     import json as _json
 
     from huse.dataset import FeatureSet
-    from huse.run import fit
+    from huse.runs import fit
 
     out = check_output_dir(args.out)
+    cfg = _train_config(args)  # settings first: a mistake costs no feature loading
     fs = FeatureSet.load(args.features)
     manifest = _json.loads((Path(args.features) / "extract_stats.json").read_text())["manifest"]
     m = fit(
         manifest,
         out,
         fs.config,
-        _train_config(args),
+        cfg,
         resume=args.resume,
         progress=not args.quiet,
         features=fs,
+        command="train",
     )
     if not m:  # a non-zero torchrun rank: rank 0 reports
         return 0
@@ -291,13 +204,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json as _json
-
-    from huse._io import atomic_write_text
-    from huse.run import evaluate_run
+    from huse.runs import RunDir, evaluate_run
 
     run = Path(args.run)
-    target = Path(args.out) if args.out else run / "eval_metrics.json"
+    target = Path(args.out) if args.out else RunDir(run).eval_metrics_file
     if args.manifest and target.exists() and Path(args.manifest).resolve() == target.resolve():
         raise UnsafeOutputError(
             f"--out {target} is the manifest; give another metrics file (huse never writes "
@@ -305,7 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     check_output_dir(target.parent)
     m = evaluate_run(run, args.manifest, progress=not args.quiet)
-    atomic_write_text(target, _json.dumps(m, indent=2))
+    RunDir(run).write_eval_metrics(m, target)
     from huse.card import metrics_markdown
 
     print(metrics_markdown(m))
@@ -324,53 +234,87 @@ def cmd_data_openclipart(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the usage block is in --help)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The whole command line; builds without importing torch, pandas or FAISS."""
+    parser = _Parser(
         prog="huse", description="Hierarchical universal semantic embeddings for images and texts."
     )
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show other libraries' progress bars and warnings (hidden by default)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("extract", help="run the frozen backbones over a manifest, once per item")
-    p.add_argument("manifest")
-    p.add_argument("--out", required=True, help="output folder for the feature set")
-    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
-    p.add_argument("--quiet", action="store_true")
-    _add_data_args(p)
+    p = sub.add_parser(
+        "extract",
+        help="run the frozen backbones over a manifest, once per item",
+        description="Compute (or reuse from the cache) every item's backbone features and write "
+        "a feature folder for `huse train`.",
+    )
+    p.add_argument("manifest", help=MANIFEST_HELP)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the feature set")
+    _add_common(p, "[data]")
+    _add_data_args(p, cache_shown="OUT/cache")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("fit", help="extract → graph → train → evaluate, end to end")
-    p.add_argument("manifest")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument(
-        "--features",
-        default=None,
-        help="feature cache folder shared across runs (default $HUSE_CACHE or ~/.cache/huse)",
+    p = sub.add_parser(
+        "fit",
+        help="extract → graph → train → evaluate, end to end",
+        description="The whole pipeline into one run folder: features (cached), the semantic "
+        "graph, training with early stopping, test metrics, the model and a report.",
     )
-    _add_data_args(p)
-    _add_train_args(p)
-    p.set_defaults(func=cmd_fit)
+    p.add_argument("manifest", help=MANIFEST_HELP)
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    _add_common(p, "[data] and [train]")
+    # One --seed (split and training), one --device (backbones and towers), one --bf16.
+    _add_data_args(p, skip=("bf16",))
+    _add_train_args(p, skip=("seed", "device"))
+    p.set_defaults(func=cmd_fit, features=None, shared_seed_device=True)
 
-    p = sub.add_parser("train", help="train on a feature folder written by `huse extract`")
-    p.add_argument("features")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p = sub.add_parser(
+        "train",
+        help="train on a feature folder written by `huse extract`",
+        description="Train and evaluate on the features of `huse extract --out FEATURES`.",
+    )
+    p.add_argument("features", help="feature folder written by `huse extract`")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder")
+    _add_common(p, "[train]")
     _add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run on its test split or another manifest")
-    p.add_argument("run")
-    p.add_argument("--manifest", default=None)
-    p.add_argument("--out", default=None, help="metrics file (default RUN/eval_metrics.json)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("run", help="run folder written by `huse fit` or `huse train`")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="evaluate on this manifest's test split (default: the run's)",
+    )
+    p.add_argument(
+        "--out", default=None, metavar="FILE", help="metrics file (default RUN/eval_metrics.json)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="build manifests from public datasets")
-    dsub = p.add_subparsers(dest="dataset", required=True)
+    dsub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     q = dsub.add_parser("openclipart", help="Openclipart from Debian's openclipart-png/-svg")
-    q.add_argument("--out", required=True)
-    q.add_argument("--root", default="/usr/share/openclipart")
+    q.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for manifest.csv and its companions"
+    )
+    q.add_argument(
+        "--root",
+        default="/usr/share/openclipart",
+        help="where openclipart-png and openclipart-svg are unpacked (default %(default)s)",
+    )
     q.add_argument(
         "--keep-duplicate-images",
         action="store_true",
@@ -410,9 +354,24 @@ def _version() -> str:
         return "unknown"
 
 
+def quiet_libraries() -> None:
+    """Other packages' progress bars and warnings off, huse's own warnings on.
+
+    Set before the commands import transformers or huggingface_hub, which read these
+    variables when they load.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module="huse")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except HuseError as e:

@@ -59,18 +59,23 @@ def add_config_flags(
             g = groups[section] = parser.add_argument_group(section)
         default = (defaults or {}).get(s.name, s.default)
         help_ = s.help
-        if default is not MISSING:
-            help_ = f"{help_} (default: {_shown(default)})" if help_ else f"default: {_shown(default)}"
-        names = [s.flag]
+        # A None default is explained by the help itself ("default: $HUSE_CACHE...").
+        if default is not MISSING and not (default is None and "default" in help_):
+            help_ = (
+                f"{help_} (default: {_shown(default)})" if help_ else f"default: {_shown(default)}"
+            )
+        names = [s.flag, *("--" + a for a in s.field.metadata.get("aliases", ()))]
         if s.field.metadata.get("short"):
             names.insert(0, "-" + s.field.metadata["short"])
         kw: dict[str, Any] = {"dest": _dest(s, prefix), "default": None, "help": help_}
-        if s.base_type() is bool and not s.optional():
+        if s.base_type() is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             kw["type"] = _parser_for(s)
             kw["metavar"] = s.field.metadata.get("metavar") or (
-                "{" + ",".join(map(str, s.choices())) + "}" if s.choices() else s.base_type().__name__.upper()
+                "{" + ",".join(map(str, s.choices())) + "}"
+                if s.choices()
+                else s.base_type().__name__.upper()
             )
         g.add_argument(*names, **kw)
 

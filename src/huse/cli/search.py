@@ -16,16 +16,18 @@ import textwrap
 import time
 from pathlib import Path
 
+from huse.cli._flags import add_config_flags
+from huse.config import IndexConfig, ServeConfig
+
+INDEX, SERVE = "index.", "serve."
+# huse.index.SEARCH_MODALITIES, written out so that `huse --help` needs no FAISS or numpy.
+SEARCH_MODALITIES = ("image", "text", "both")
+
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from huse.index import IndexConfig, index_run
+    from huse.runs import index_run
 
-    config = IndexConfig(
-        factory=args.factory,
-        train_size=args.train_size,
-        search_params=args.search_params,
-        seed=args.seed,
-    )
+    config = _index_config(args)
     t0 = time.perf_counter()
     index, out = index_run(args.run, args.manifest, config, out=args.out, progress=not args.quiet)
     info = index.info
@@ -92,7 +94,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from huse.serve import Limits, is_loopback, serve
+    from huse.serve import is_loopback, serve
 
     if not is_loopback(args.host):
         print(
@@ -100,11 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "no authentication",
             file=sys.stderr,
         )
-    limits = Limits(
-        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_pixels=args.max_pixels,
-        max_text_chars=args.max_text,
-    )
+    limits = _serve_config(args)
     serve(
         args.run,
         host=args.host,
@@ -118,34 +116,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``index``, ``search`` and ``serve`` subcommands to ``huse``'s parser."""
-    from huse.index import SEARCH_MODALITIES, list_index_types
-
     p = sub.add_parser(
         "index",
         help="embed a catalogue with a trained model and build its FAISS index",
         description="Embed every item's image and text with RUN's model and write RUN/index: "
-        "one FAISS index per modality plus items.parquet, written atomically.",
+        "one FAISS index per modality plus items.parquet, written atomically. The default "
+        "type, auto, is exact Flat up to 200k items, IVF-SQ8 up to 20M, IVF-PQ beyond (see "
+        "README 'Scaling out').",
     )
     p.add_argument("run", help="run folder from `huse fit`")
     p.add_argument("--manifest", default=None, help="catalogue manifest (default: the run's)")
-    p.add_argument(
-        "--factory",
-        default="auto",
-        help=f"index type: {', '.join(list_index_types())} or a FAISS factory string such as "
-        "HNSW32 or IVF1024,PQ32 (default auto: exact Flat up to 200k items, IVF-SQ8 up to "
-        "20M, IVF-PQ beyond; see README 'Scaling out')",
-    )
-    p.add_argument("--out", default=None, help="index folder (default RUN/index)")
-    p.add_argument(
-        "--train-size", type=int, default=100_000, help="training sample for IVF/PQ types"
-    )
-    p.add_argument(
-        "--search-params",
-        default=None,
-        help="FAISS search parameters stored with the index, e.g. nprobe=32 or efSearch=256",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default=None, metavar="DIR", help="index folder (default RUN/index)")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file with an [index] section")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(p, IndexConfig, prefix=INDEX, title="index")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="nearest catalogue items to a text or an image")
@@ -168,10 +152,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a search page and JSON API over RUN's index")
     p.add_argument("run", help="run folder holding model/ and index/")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--index", default=None, help="index folder (default RUN/index)")
-    p.add_argument("--max-upload-mb", type=float, default=8.0, help="upload size limit")
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="upload pixel limit")
-    p.add_argument("--max-text", type=int, default=500, help="query text length limit")
+    p.add_argument("--config", metavar="FILE", help="JSON or TOML file with a [serve] section")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
+    add_config_flags(p, ServeConfig, prefix=SERVE, title="limits of one request")
     p.set_defaults(func=cmd_serve)
+
+
+def _index_config(args: argparse.Namespace):
+    from huse.cli import config_from_args
+
+    return config_from_args(args, IndexConfig, "index", INDEX)
+
+
+def _serve_config(args: argparse.Namespace):
+    from huse.cli import config_from_args
+
+    return config_from_args(args, ServeConfig, "serve", SERVE)

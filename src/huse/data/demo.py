@@ -8,27 +8,25 @@ composited on white so the whole set stays small enough to live in the repositor
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import random
 import tempfile
-import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+from huse._io import atomic_write_csv, atomic_write_text
+from huse.data.images import ImageError, thumbnail_bytes
 from huse.data.openclipart import DEFAULT_ROOT, MANIFEST_COLUMNS, build_openclipart
+from huse.errors import DataError
 
 __all__ = [
     "DEMO_CLASSES",
     "DemoReport",
     "build_demo",
-    "encode_smallest",
-    "load_thumbnail",
 ]
 
 # Ten top-level classes; most have two to five children here, so a mistake between
@@ -66,8 +64,10 @@ DEMO_CLASSES: tuple[str, ...] = (
 )
 
 # Decoding a PNG needs width × height × 4 bytes whatever size is asked for (only JPEG can
-# decode at a reduced scale), and Openclipart holds PNGs of 168 and 623 megapixels.
-DEFAULT_MAX_PIXELS = 50_000_000
+# decode at a reduced scale), and Openclipart holds PNGs of 168 and 623 megapixels: the
+# demo passes over anything above this rather than use huse.data.images' default limit.
+DEMO_MAX_PIXELS = 50_000_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -108,70 +108,13 @@ class DemoReport:
         return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _pixel_guard(max_pixels: int) -> Iterator[None]:
-    # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that; make both refuse.
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = max_pixels
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
-
-
-def load_thumbnail(
-    path: Path,
-    max_side: int = 128,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    background: tuple[int, int, int] = (255, 255, 255),
-) -> Image.Image:
-    """Open an image, shrink it to at most ``max_side`` pixels on its long side, flatten on white.
-
-    Transparent pixels (RGBA, LA, palette transparency) are composited on ``background``.
-
-    Raises:
-        ValueError: the image has more than ``max_pixels`` pixels, or cannot be decoded.
-    """
-    try:
-        with _pixel_guard(max_pixels), Image.open(path) as im:
-            im.draft("RGB", (max_side, max_side))  # JPEG decodes at 1/2..1/8 scale; no-op else
-            has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
-            work = im.convert("RGBA" if has_alpha else "RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ValueError(f"{path}: more than {max_pixels / 1e6:.0f} megapixels") from err
-    except (OSError, SyntaxError) as err:  # PIL raises SyntaxError for some broken files
-        raise ValueError(f"{path}: cannot decode image: {err}") from err
-    work.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    if has_alpha:
-        flat = Image.new("RGBA", work.size, (*background, 255))
-        flat.alpha_composite(work)
-        work = flat
-    return work.convert("RGB")
-
-
-def encode_smallest(image: Image.Image, *, quality: int = 85) -> tuple[bytes, str]:
-    """Encode as JPEG (``quality``) and as lossless PNG; return the smaller and its suffix."""
-    jpeg, png = io.BytesIO(), io.BytesIO()
-    image.save(jpeg, format="JPEG", quality=quality, optimize=True)
-    image.save(png, format="PNG", optimize=True)
-    if png.tell() < jpeg.tell():
-        return png.getvalue(), ".png"
-    return jpeg.getvalue(), ".jpg"
+def _image_suffix(data: bytes) -> str:
+    return ".png" if data.startswith(PNG_SIGNATURE) else ".jpg"
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
-
-
-def _write_manifest(path: Path, rows: Sequence[Sequence[str]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
 
 
 def _readme(report: DemoReport, *, per_class: int, seed: int, max_side: int, source: str) -> str:
@@ -222,7 +165,7 @@ def build_demo(
     per_class: int = 16,
     seed: int = 0,
     max_side: int = 128,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = DEMO_MAX_PIXELS,
     quality: int = 85,
     source: str = "Debian packages openclipart-png and openclipart-svg",
 ) -> DemoReport:
@@ -241,7 +184,7 @@ def build_demo(
 
     Raises:
         OpenclipartNotFoundError: the packages are not installed under ``root``.
-        ValueError: a requested class has no usable item.
+        DataError: a requested class has no usable item.
     """
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="huse-openclipart-") as tmp:
@@ -252,10 +195,10 @@ def build_demo(
 
     missing = [c for c in classes if c not in full.class_sizes]
     if missing:
-        raise ValueError(f"no items under {root} for demo classes: {', '.join(missing)}")
+        raise DataError(f"no items under {root} for demo classes: {', '.join(missing)}")
 
     skipped: Counter[str] = Counter()
-    chosen: list[tuple[str, str, Image.Image]] = []  # (id, class, thumbnail)
+    chosen: list[tuple[str, str, bytes]] = []  # (id, class, encoded thumbnail)
     for cls in sorted(classes):
         ids = sorted(i for i, r in raw.items() if r["classes"] == cls)
         usable = [i for i in ids if i in stripped and i not in shared]
@@ -270,15 +213,23 @@ def build_demo(
             if taken == per_class:
                 break
             try:
-                thumb = load_thumbnail(Path(raw[item_id]["image"]), max_side, max_pixels=max_pixels)
-            except ValueError as err:
-                reason = "too many pixels" if "megapixels" in str(err) else "undecodable"
-                skipped[f"picture {reason}"] += 1
+                # Sharp Lanczos thumbnails, stored as JPEG or lossless PNG, whichever is smaller.
+                thumb = thumbnail_bytes(
+                    raw[item_id]["image"],
+                    max_side,
+                    fmt=("JPEG", "PNG"),
+                    quality=quality,
+                    max_pixels=max_pixels,
+                    resample=Image.Resampling.LANCZOS,
+                )
+            except ImageError as err:
+                too_big = str(err).startswith("image too large")
+                skipped["picture too many pixels" if too_big else "picture undecodable"] += 1
                 continue
             chosen.append((item_id, cls, thumb))
             taken += 1
         if taken == 0:
-            raise ValueError(f"demo class {cls} has no usable item under {root}")
+            raise DataError(f"demo class {cls} has no usable item under {root}")
 
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -289,15 +240,14 @@ def build_demo(
     raw_rows: list[tuple[str, str, str, str]] = []
     stripped_rows: list[tuple[str, str, str, str]] = []
     image_bytes = 0
-    for item_id, cls, thumb in sorted(chosen, key=lambda c: c[0]):
-        data, suffix = encode_smallest(thumb, quality=quality)
-        rel = f"images/{item_id}{suffix}"
+    for item_id, cls, data in sorted(chosen, key=lambda c: c[0]):
+        rel = f"images/{item_id}{_image_suffix(data)}"
         (out_dir / rel).write_bytes(data)
         image_bytes += len(data)
         raw_rows.append((item_id, rel, raw[item_id]["text"], cls))
         stripped_rows.append((item_id, rel, stripped[item_id]["text"], cls))
-    _write_manifest(out_dir / "manifest.csv", raw_rows)
-    _write_manifest(out_dir / "manifest_stripped.csv", stripped_rows)
+    atomic_write_csv(out_dir / "manifest.csv", MANIFEST_COLUMNS, raw_rows)
+    atomic_write_csv(out_dir / "manifest_stripped.csv", MANIFEST_COLUMNS, stripped_rows)
 
     report = DemoReport(
         out_dir=out_dir,
@@ -306,6 +256,6 @@ def build_demo(
         image_bytes=image_bytes,
     )
     readme = _readme(report, per_class=per_class, seed=seed, max_side=max_side, source=source)
-    (out_dir / "README.md").write_text(readme, encoding="utf-8")
+    atomic_write_text(out_dir / "README.md", readme)
     report.total_bytes = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     return report

@@ -62,6 +62,7 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
+    resample: Image.Resampling | None = None,
 ) -> Image.Image:
     """Open an image as RGB, transparency composited on white, long side ≤ ``max_side``.
 
@@ -70,6 +71,11 @@ def load_image(
         max_pixels: refuse images with more pixels than this before decoding them.
         max_side: downscale so the long side is at most this; JPEGs are decoded at a
             reduced scale directly (``draft``), so a huge JPEG never fills memory.
+        resample: None (the default: features, uploads) reduces a large image strip by
+            strip and finishes with bicubic resampling, never holding a second full-size
+            copy. A Pillow filter (``LANCZOS``: the bundled demo set's thumbnails) first
+            converts the whole image to RGB or RGBA, then shrinks it with that filter in
+            one pass: sharper, for offline builds, at the cost of one full-size copy.
 
     Raises:
         ImageError: missing, unreadable, truncated, not an image, or over the pixel limit.
@@ -85,7 +91,10 @@ def load_image(
         if img.format == "JPEG":
             img.draft("RGB", (max_side, max_side))
         img.load()
-        if max(img.size) > max_side:
+        if resample is not None:
+            img = img.convert("RGBA" if _has_alpha(img) else "RGB")
+            img.thumbnail((max_side, max_side), resample)
+        elif max(img.size) > max_side:
             factor = max(img.size) // max_side
             img = _reduce_in_strips(img, factor) if factor >= 2 else _reducible(img)
             img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
@@ -101,6 +110,10 @@ def load_image(
         raise ImageError("image too large to decode in memory") from e
     except Exception as e:  # decoders of malformed files: struct.error, IndexError...
         raise ImageError(f"corrupt image: {type(e).__name__}: {e}") from e
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
 
 
 def _reducible(img: Image.Image) -> Image.Image:
@@ -165,22 +178,34 @@ def thumbnail_bytes(
     source: str | Path | bytes,
     side: int,
     *,
-    fmt: str = "WEBP",
+    fmt: str | tuple[str, ...] = "WEBP",
     quality: int = 82,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    resample: Image.Resampling | None = None,
 ) -> bytes:
     """An image as an encoded thumbnail whose long side is at most ``side`` pixels.
 
-    The one thumbnailer of the report and the web app: the same safe decoding as
-    ``load_image`` (pixel limit, reduced-scale decoding, transparency on white).
+    The one thumbnailer of the report, the web app and the demo set: the same safe
+    decoding as ``load_image`` (pixel limit, reduced-scale decoding, transparency on white).
+
+    Args:
+        fmt: a Pillow format, or several: the smallest encoding wins, the first on a tie
+            (the demo set stores ``("JPEG", "PNG")``).
+        quality: for the lossy formats.
+        resample: as ``load_image``'s.
 
     Raises:
         ImageError: as ``load_image``.
     """
-    img = load_image(source, max_pixels=max_pixels, max_side=side)
+    img = load_image(source, max_pixels=max_pixels, max_side=side, resample=resample)
+    encoded = [_encode(img, f, quality) for f in ((fmt,) if isinstance(fmt, str) else fmt)]
+    return min(encoded, key=len)
+
+
+def _encode(img: Image.Image, fmt: str, quality: int) -> bytes:
     buf = io.BytesIO()
     if fmt == "WEBP":
         img.save(buf, fmt, quality=quality, method=4)
-    else:
+    else:  # PNG ignores quality
         img.save(buf, fmt, quality=quality, optimize=True)
     return buf.getvalue()

@@ -11,6 +11,7 @@ listed in ``Manifest.notes``, in the same (row, id, column, reason) form.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
@@ -105,13 +106,22 @@ def _read_csv(path: Path, delim: str) -> tuple[list[str], list[tuple[int, dict |
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             block: list[str] = []  # the physical lines of the record being read
+            pending: collections.deque[str] = collections.deque()  # lines to read again
 
-            def lines():
-                for line in f:
+            class Lines:
+                # Not a generator: one that has ended cannot be resumed, and lines pushed
+                # back after the end of the file must still be read.
+                def __iter__(self):
+                    return self
+
+                def __next__(self) -> str:
+                    line = pending.popleft() if pending else next(f, None)
+                    if line is None:
+                        raise StopIteration
                     block.append(line)
-                    yield line
+                    return line
 
-            reader = csv.reader(lines(), delimiter=delim)
+            reader = csv.reader(Lines(), delimiter=delim)
             header = next(reader, None)
             if header is None:
                 raise ManifestError(f"{path}: the file is empty; expected a header row")
@@ -129,17 +139,18 @@ def _read_csv(path: Path, delim: str) -> tuple[list[str], list[tuple[int, dict |
                     rows.append((i, None, f"malformed CSV row: {e}"))
                     continue
                 if len(block) > 1 and _quote_damaged(block, delim):
-                    # Each line was meant as a row; number the rows after it accordingly.
-                    last = i + len(block) - 1
+                    # The open quote swallowed the lines after it, each meant as a row: skip
+                    # this row alone and read those lines again, as rows of their own.
                     rows.append(
                         (
                             i,
                             None,
-                            f"unterminated quote: rows {i}-{last} merged into one; close the "
-                            f'quote in row {i} or double a quote that is part of the text ("")',
+                            f"unterminated quote in row {i} (it would have swallowed rows "
+                            f"{i + 1}-{i + len(block) - 1}, which are read on their own); close "
+                            f'the quote or double a quote that is part of the text ("")',
                         )
                     )
-                    i = last
+                    pending.extendleft(reversed(block[1:]))
                     continue
                 if not values or all(not v.strip() for v in values):
                     continue

@@ -9,7 +9,6 @@ Openclipart keywords repeat the folder names and would otherwise leak the label.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 from collections import Counter, defaultdict
@@ -20,6 +19,9 @@ from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException, EntitiesForbidden
+
+from huse._io import atomic_write_csv
+from huse.errors import ConfigError
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -405,13 +407,6 @@ def _item_id(rel: PurePosixPath) -> str:
     return "__".join(rel.with_suffix("").parts)
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
 def build_openclipart(
     root: Path = DEFAULT_ROOT,
     out_dir: Path | None = None,
@@ -425,7 +420,7 @@ def build_openclipart(
     Args:
         root: folder holding ``png/`` and ``svg/`` (Debian installs it under
             ``/usr/share/openclipart``).
-        out_dir: output folder (created). Image paths in the manifests are absolute paths
+        out_dir: output folder (created; required). Image paths in the manifests are absolute paths
             into ``root/png``; nothing is copied.
         min_class_size: classes with fewer kept items are dropped as a whole.
         exclude: folders under ``png/`` left out (generated patterns, unlabelled items).
@@ -434,10 +429,16 @@ def build_openclipart(
             under its own folder's class, and listed in ``duplicates.csv``.
 
     Raises:
+        ConfigError: no ``out_dir``.
         OpenclipartNotFoundError: ``root/png`` or ``root/svg`` is missing.
     """
     if out_dir is None:
-        raise TypeError("build_openclipart() needs out_dir")
+        # Optional only because ``root`` before it has a default; there is no sensible
+        # default folder to write three manifests into.
+        raise ConfigError(
+            "build_openclipart needs out_dir: the folder for manifest.csv and its companions "
+            "(`huse data openclipart --out DIR`)"
+        )
     root = Path(root).expanduser().resolve()
     out_dir = Path(out_dir)
     _check_root(root)
@@ -530,10 +531,10 @@ def build_openclipart(
         raise RuntimeError("Openclipart item ids are not unique; report this as a bug")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(report.manifest, MANIFEST_COLUMNS, raw_rows)
-    _write_csv(report.manifest_stripped, MANIFEST_COLUMNS, stripped_rows)
+    atomic_write_csv(report.manifest, MANIFEST_COLUMNS, raw_rows)
+    atomic_write_csv(report.manifest_stripped, MANIFEST_COLUMNS, stripped_rows)
     all_dropped = sorted(dropped) + sorted(dropped_stripped)
-    _write_csv(report.dropped_csv, DROPPED_COLUMNS, all_dropped)
+    atomic_write_csv(report.dropped_csv, DROPPED_COLUMNS, all_dropped)
 
     copies = Counter(digests[rel] for rel, _, _ in items)
     duplicate_rows = sorted(
@@ -541,7 +542,7 @@ def build_openclipart(
         for rel, _, classes in items
         if copies[digests[rel]] > 1
     )
-    _write_csv(report.duplicates_csv, ("sha1", "id", "classes"), duplicate_rows)
+    atomic_write_csv(report.duplicates_csv, ("sha1", "id", "classes"), duplicate_rows)
     report.kept = len(raw_rows)
     report.kept_stripped = len(stripped_rows)
     report.dropped = dict(Counter(reason for _, reason, _ in dropped))

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from huse._io import atomic_write_text
+
 _JUNK = re.compile(r"HASH\(0x[0-9a-fA-F]+\)|<[^>]{0,200}>|https?://\S+|www\.\S+")
 _SPACE = re.compile(r"\s+")
 _SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
@@ -129,8 +131,6 @@ class TfidfFeatures:
             "vocabulary": self.vocabulary,
             "idf": self._vec.idf_.tolist(),
         }
-        from huse._io import atomic_write_text
-
         atomic_write_text(path, json.dumps(data))
 
     @classmethod

@@ -3,7 +3,6 @@ statistics drawn from them. Pure numpy (plus sklearn for the 2-D map), no plotti
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import pandas as pd
 
 from huse.data.hierarchy import Hierarchy
 from huse.errors import HuseError
+from huse.runs import RunDir
 
 
 class ReportError(HuseError):
@@ -20,23 +20,19 @@ class ReportError(HuseError):
 
 
 def read_metrics(run: Path) -> dict:
-    """``RUN/metrics.json`` (written by ``huse fit``), else ``RUN/eval_metrics.json``."""
-    for name in ("metrics.json", "eval_metrics.json"):
-        if (run / name).is_file():
-            return json.loads((run / name).read_text())
-    raise ReportError(
-        f"{run}: no metrics.json or eval_metrics.json; run `huse fit ... --out {run}` "
-        f"or `huse eval {run}` first"
-    )
+    """The run's ``metrics.json`` (written by ``huse fit``), else its ``eval_metrics.json``."""
+    metrics = RunDir(run).metrics()
+    if metrics is None:
+        raise ReportError(
+            f"{run}: no metrics.json or eval_metrics.json; run `huse fit ... --out {run}` "
+            f"or `huse eval {run}` first"
+        )
+    return metrics
 
 
 def read_log(run: Path) -> pd.DataFrame | None:
-    """``RUN/train_log.csv``, or None when the run has none (e.g. an evaluated-only run)."""
-    path = run / "train_log.csv"
-    if not path.is_file():
-        return None
-    log = pd.read_csv(path)
-    return log if len(log) else None
+    """The run's training log, or None when it has none (e.g. an evaluated-only run)."""
+    return RunDir(run).log()
 
 
 @dataclass
@@ -78,23 +74,24 @@ def load_run(run: Path, *, progress: bool = False) -> RunData:
     Reuses the content-keyed feature cache, so on the machine that trained the run no
     backbone runs again.
     """
-    from huse.dataset import DataConfig, build_feature_set
+    from huse.dataset import build_feature_set
     from huse.evaluate import class_scores, embed, l2_normalize
     from huse.model import HUSEModel
 
     run = Path(run)
+    rd = RunDir(run)
     metrics = read_metrics(run)
-    for name in ("run.json", "data_config.json", "model"):
-        if not (run / name).exists():
-            raise ReportError(f"{run}: missing {name}; is this a folder written by `huse fit`?")
-    model = HUSEModel.load(run / "model")
-    manifest = json.loads((run / "run.json").read_text())["manifest"]
+    missing = rd.missing()
+    if missing is not None:
+        raise ReportError(f"{run}: missing {missing}; is this a folder written by `huse fit`?")
+    model = HUSEModel.load(rd.model_dir)
+    manifest = rd.info()["manifest"]
     if not Path(manifest).is_file():
         raise ReportError(
             f"{run}/run.json names the manifest {manifest}, which does not exist; "
             "the report needs it to find the test items"
         )
-    data_config = DataConfig.from_dict(json.loads((run / "data_config.json").read_text()))
+    data_config = rd.data_config()
     fs = build_feature_set(
         manifest, data_config, classes=model.classes, tfidf_model=model.tfidf, progress=progress
     )
@@ -102,17 +99,18 @@ def load_run(run: Path, *, progress: bool = False) -> RunData:
     if len(idx) < 2:
         raise ReportError(f"{run}: the test split of {manifest} has {len(idx)} items; need 2+")
     embedded = embed(model.net, fs, idx)
-    img, txt = embedded[0], embedded[1]
+    img, txt = embedded.image_embedding, embedded.text_embedding
     labels = fs.labels[idx]
     # The same class scores as metrics.json, so the per-class view adds up to its accuracy.
     scores, mode = class_scores(model.net, fs, embedded)
-    graph = np.load(run / "graph.npy") if (run / "graph.npy").is_file() else model.graph
-    tc = run / "train_config.json"
+    graph = rd.graph()
+    if graph is None:
+        graph = model.graph
     return RunData(
         run=run,
         metrics=metrics,
-        log=read_log(run),
-        train_config=json.loads(tc.read_text()) if tc.is_file() else {},
+        log=rd.log(),
+        train_config=rd.train_config(),
         hierarchy=fs.hierarchy,
         graph=None if graph is None else np.asarray(graph, dtype=np.float64),
         items=fs.items.iloc[idx].reset_index(drop=True),

@@ -1,8 +1,10 @@
 """The search page and JSON API (``huse serve``); needs the ``serve`` extra.
 
-Importing this package imports FastAPI; ``import huse`` never does.
+Importing this package imports FastAPI; ``import huse`` never does. ``Limits`` is
+``huse.config.ServeConfig``, the server's request limits, under its older name.
 """
 
-from huse.serve.app import Limits, create_app, is_loopback, serve
+from huse.config import ServeConfig as Limits
+from huse.serve.app import create_app, is_loopback, serve
 
 __all__ = ["Limits", "create_app", "is_loopback", "serve"]

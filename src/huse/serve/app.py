@@ -9,12 +9,16 @@ are checked (non-empty, a known raster format, under the pixel limit) before the
 decoded, and query text has a length limit; each refusal is a 4xx with a message that
 says what was wrong.
 
-Resource bounds. At most ``Limits.decode_concurrency`` images are decoded at once (a
+Resource bounds (``huse.config.ServeConfig``). At most ``decode_concurrency`` images are decoded at once (a
 decoded upload can take its full size in memory for a moment: 40 MP of RGBA is 160 MB);
 a request that cannot start its decode within ``decode_wait_s`` gets a 503. The server
 (``server_config``) closes a connection whose request head is not complete within
 ``head_timeout_s`` or whose body is not complete within ``body_timeout_s``, and answers
 503 beyond ``max_connections`` open connections.
+
+Layout. The routes are module-level functions that reach what they share (searcher,
+limits, decode gate, thumbnail cache) through ``app.state.server``; ``create_app`` only
+assembles them.
 """
 
 from __future__ import annotations
@@ -29,21 +33,25 @@ import warnings
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
+from huse.config import ServeConfig
 from huse.data.images import ImageError, load_image, thumbnail_bytes
 from huse.data.text import has_letters, normalize_text
-from huse.errors import ConfigError, HuseError
+from huse.errors import HuseError
 from huse.search import Hit, Searcher
 
 STATIC_FILES = {
@@ -58,54 +66,11 @@ FORM_OVERHEAD = 64 * 1024
 # Long side of a decoded query or catalogue image, as the catalogue's features were made
 # (``load_image``'s default): the picture reaching the backbone is never larger.
 QUERY_SIDE = 1024
-
-
-@dataclass
-class Limits:
-    """What a request may ask of the server.
-
-    Args:
-        max_upload_bytes: size limit of an uploaded image.
-        max_pixels: pixel limit of an uploaded image, checked from its header before any
-            decoding (a decompression bomb is refused without being expanded).
-        max_text_chars: length limit of a query text.
-        max_k: most results per query.
-        formats: accepted upload formats (PIL format names).
-        thumb_side: long side of a thumbnail in pixels.
-        thumb_cache: thumbnails kept in memory.
-        decode_concurrency: images decoded at the same time (uploads, catalogue images,
-            thumbnails); each can hold its full decoded size for a moment.
-        decode_wait_s: how long a request waits for a decode slot before a 503.
-        head_timeout_s: a connection whose request line and headers are not complete
-            this long after it opened (or after its previous response) is closed.
-        body_timeout_s: a request body not complete this long after its headers gets a
-            408 and its connection is closed.
-        keep_alive_s: an idle keep-alive connection is closed after this long.
-        max_connections: open connections (and running requests) beyond which the
-            server answers 503.
-    """
-
-    max_upload_bytes: int = 8 * MIB
-    max_pixels: int = 40_000_000
-    max_text_chars: int = 500
-    max_k: int = 100
-    formats: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP")
-    thumb_side: int = 256
-    thumb_cache: int = 4096
-    decode_concurrency: int = 2
-    decode_wait_s: float = 5.0
-    head_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    keep_alive_s: float = 5.0
-    max_connections: int = 200
-
-    def __post_init__(self) -> None:
-        for name in ("decode_concurrency", "max_connections", "max_k", "thumb_side"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"Limits.{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("decode_wait_s", "head_timeout_s", "body_timeout_s", "keep_alive_s"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"Limits.{name} must be above 0, not {getattr(self, name)}")
+DESCRIPTION = (
+    "Search a catalogue by text or image in the HUSE shared embedding space. "
+    "`POST /api/search` takes JSON (`text` or `item`) or a multipart form with an "
+    "`image` file; images and thumbnails are served by item id."
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -157,7 +122,7 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
-def _openapi_body(limits: Limits) -> dict:
+def _openapi_body(limits: ServeConfig) -> dict:
     form = {
         "type": "object",
         "properties": {
@@ -216,8 +181,6 @@ async def _read_capped(request: Request, limit: int, what: str, timeout_s: float
 
 
 async def _parse_form(request: Request, body: bytes) -> dict:
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
         yield b""
@@ -250,14 +213,12 @@ async def _parse_form(request: Request, body: bytes) -> dict:
     return out
 
 
-def _check_image(data: bytes, limits: Limits, gate: DecodeGate):
+def _check_image(data: bytes, limits: ServeConfig, gate: DecodeGate):
     """Open an upload after checking it; every refusal is a 4xx with the reason.
 
     The decode itself waits for a slot of ``gate`` and yields an image whose long side is
     at most ``QUERY_SIDE``: the full-size pixels live only inside ``load_image``.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise HTTPException(400, "empty file: the uploaded image has no bytes")
     if len(data) > limits.max_upload_bytes:
@@ -292,7 +253,7 @@ def _check_image(data: bytes, limits: Limits, gate: DecodeGate):
         raise HTTPException(422, f"unusable image: {e}") from None
 
 
-def _validate(fields: dict, limits: Limits) -> SearchRequest:
+def _validate(fields: dict, limits: ServeConfig) -> SearchRequest:
     try:
         req = SearchRequest.model_validate(fields)
     except ValidationError as e:
@@ -388,11 +349,6 @@ class _Thumbnails:
         return data
 
 
-def _decode_item(path: str, gate: DecodeGate):
-    with gate.slot():
-        return load_image(path, max_side=QUERY_SIDE)
-
-
 async def _query(search: Callable[..., list[Hit]], *args: Any) -> list[Hit]:
     """Run a Searcher query off the event loop; a query it refuses is the client's 422."""
     try:
@@ -406,9 +362,216 @@ def _static() -> dict[str, bytes]:
     return {name: (base / name).read_bytes() for name in STATIC_FILES}
 
 
+class _Server:
+    """What the routes share, reached through ``app.state.server``: the searcher, the
+    limits, the page's files, the decode gate and the thumbnail cache."""
+
+    def __init__(self, searcher: Searcher, limits: ServeConfig) -> None:
+        self.searcher = searcher
+        self.limits = limits
+        self.static = _static()
+        self.gate = DecodeGate(limits.decode_concurrency, limits.decode_wait_s)
+        self.thumbs = _Thumbnails(limits.thumb_cache, self.gate)
+        self.index = searcher.index
+        self.image_paths = self.index.items["image"].astype(str).tolist()
+        self.classes = sorted(set(self.index.items["classes"].astype(str)))
+        # A spread of leaf names for the page's "Try:" chips.
+        leaves = [c.split(searcher.sep)[-1] for c in self.classes]
+        self.examples = leaves[:: max(1, len(leaves) // 8)][:8]
+
+    def row_of(self, item_id: str) -> int:
+        row = self.index.row_of(item_id)
+        if row is None:
+            raise HTTPException(404, f"no catalogue item with id {item_id!r}")
+        return row
+
+    def result(self, h: Hit) -> Result:
+        ref = quote(h.id, safe="")
+        return Result(
+            rank=h.rank,
+            id=h.id,
+            image=f"/api/image/{ref}",
+            thumbnail=f"/api/thumb/{ref}",
+            text=h.text,
+            **{"class": h.classes},
+            class_path=h.classes.split(self.searcher.sep),
+            score=h.score,
+            modality=h.modality,
+        )
+
+    def search_item(self, item_id: str, k: int, modality: str) -> list[Hit]:
+        """``Searcher.search_item`` in a decode slot: it decodes the item's image."""
+        with self.gate.slot():
+            return self.searcher.search_item(item_id, k, modality)
+
+    def image(self, item_id: str, side: int) -> Response:
+        row = self.row_of(item_id)
+        try:
+            data = self.thumbs.get(row, self.image_paths[row], side)
+        except ImageError as e:
+            raise HTTPException(404, f"item {item_id!r} has no readable image: {e}") from None
+        return Response(data, media_type="image/webp", headers={"Cache-Control": "max-age=3600"})
+
+
+async def _server(request: Request) -> _Server:
+    return request.app.state.server
+
+
+_ServerDep = Annotated[_Server, Depends(_server)]
+
+
+# -- routes ----------------------------------------------------------------------------------
+async def _security_headers(request: Request, call_next: Callable) -> Response:
+    response = await call_next(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if not request.url.path.startswith(("/docs", "/redoc")):
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+            "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+            "base-uri 'none'; form-action 'self'",
+        )
+    return response
+
+
+# The page and the catalogue's description; the items' pictures. The search route sits
+# between them (create_app adds it: its documented body names that app's limits).
+pages = APIRouter()
+pictures = APIRouter()
+
+
+@pages.get("/", include_in_schema=False)
+def page(server: _ServerDep) -> HTMLResponse:
+    return HTMLResponse(server.static["index.html"])
+
+
+@pages.get("/static/{name}", include_in_schema=False)
+def static_file(name: str, server: _ServerDep) -> Response:
+    if name not in server.static or name == "index.html":
+        raise HTTPException(404, "not found")
+    return Response(
+        server.static[name], media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"}
+    )
+
+
+@pages.get("/api/health", summary="liveness")
+def health(server: _ServerDep) -> dict:
+    return {"status": "ok", "items": len(server.index)}
+
+
+@pages.get("/api/info", summary="the catalogue, the model and the request limits")
+def info(server: _ServerDep) -> dict:
+    index = server.index
+    return {
+        "items": len(index),
+        "classes": len(server.classes),
+        "examples": server.examples,
+        "factory": index.info.get("factory"),
+        "method": index.info.get("model", {}).get("method"),
+        "dim": index.dim,
+        "limits": asdict(server.limits),
+    }
+
+
+async def _search_fields(request: Request, limits: ServeConfig) -> dict:
+    """The search's fields from a JSON body or a multipart form (``image``: bytes, name)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        body = await _read_capped(
+            request, limits.max_upload_bytes + FORM_OVERHEAD, "upload", limits.body_timeout_s
+        )
+        return await _parse_form(request, body)
+    if ctype != "application/json":
+        raise HTTPException(
+            415, "send application/json or multipart/form-data (with an 'image' file)"
+        )
+    body = await _read_capped(request, FORM_OVERHEAD, "JSON body", limits.body_timeout_s)
+    try:
+        fields = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise HTTPException(400, "the body is not valid JSON") from None
+    if not isinstance(fields, dict):
+        raise HTTPException(422, "the JSON body must be an object")
+    if "image" in fields:
+        raise HTTPException(422, "send an image as a multipart form field 'image', not in JSON")
+    return fields
+
+
+async def search(request: Request, server: _ServerDep) -> SearchResponse:
+    t0 = time.perf_counter()
+    limits, searcher = server.limits, server.searcher
+    fields = await _search_fields(request, limits)
+    upload = fields.pop("image", None)
+    req = _validate(fields, limits)
+    given = [n for n, v in (("text", req.text), ("image", upload), ("item", req.item)) if v]
+    if len(given) != 1:
+        raise HTTPException(
+            422,
+            "give exactly one query: text, image or item"
+            + (f" (got {', '.join(given)})" if given else ""),
+        )
+    if upload is not None:
+        data, filename = upload
+        img = await run_in_threadpool(_check_image, data, limits, server.gate)
+        hits = await _query(searcher.search_image, img, req.k, req.modality)
+        query = {"image": filename}
+    elif req.item is not None:
+        server.row_of(req.item)  # an unknown id is a 404
+        try:
+            hits = await run_in_threadpool(server.search_item, req.item, req.k, req.modality)
+        except ImageError as e:
+            raise HTTPException(422, f"item {req.item!r} has an unreadable image: {e}") from None
+        except HuseError as e:
+            raise HTTPException(422, f"invalid query: {e}") from None
+        query = {"item": req.item}
+    else:
+        hits = await _query(searcher.search_text, req.text, req.k, req.modality)
+        query = {"text": req.text}
+    return SearchResponse(
+        query=query | {"k": req.k, "modality": req.modality},
+        results=[server.result(h) for h in hits],
+        took_ms=round((time.perf_counter() - t0) * 1000, 2),
+    )
+
+
+_SEARCH_ERRORS = {
+    c: {"model": ErrorResponse, "description": d}
+    for c, d in (
+        (400, "malformed request or empty upload"),
+        (404, "unknown item id"),
+        (413, "body, upload or image pixels over the limit"),
+        (415, "upload is not an image of an accepted format"),
+        (408, "request body not received in time"),
+        (422, "invalid fields, text too long or without words, corrupt image"),
+        (503, "too many image decodes at once; retry"),
+    )
+}
+_IMAGE_RESPONSES: dict = {200: {"content": {"image/webp": {}}}, 404: {"model": ErrorResponse}}
+
+
+@pictures.get(
+    "/api/thumb/{item_id:path}",
+    summary="a catalogue item's thumbnail (WebP), by item id",
+    responses=_IMAGE_RESPONSES,
+)
+def thumbnail(item_id: str, server: _ServerDep) -> Response:
+    return server.image(item_id, server.limits.thumb_side)
+
+
+@pictures.get(
+    "/api/image/{item_id:path}",
+    summary="a catalogue item's image (WebP, long side at most 1024 px), by item id",
+    responses=_IMAGE_RESPONSES,
+)
+def image(item_id: str, server: _ServerDep) -> Response:
+    return server.image(item_id, QUERY_SIDE)
+
+
 def create_app(
     searcher: Searcher,
-    limits: Limits | None = None,
+    limits: ServeConfig | None = None,
     allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """The FastAPI app over a loaded searcher.
@@ -419,197 +582,25 @@ def create_app(
         allowed_hosts: accepted Host headers (None: any; ``serve`` passes the loopback
             names when it binds to loopback).
     """
-    limits = limits or Limits()
-    static = _static()
-    gate = DecodeGate(limits.decode_concurrency, limits.decode_wait_s)
-    thumbs = _Thumbnails(limits.thumb_cache, gate)
-    index = searcher.index
-    image_paths = index.items["image"].astype(str).tolist()
-    sep = searcher.sep
-    app = FastAPI(
-        title="huse catalogue search",
-        version="1",
-        description="Search a catalogue by text or image in the HUSE shared embedding space. "
-        "`POST /api/search` takes JSON (`text` or `item`) or a multipart form with an "
-        "`image` file; images and thumbnails are served by item id.",
-    )
-    app.state.decode_gate = gate  # read by the tests and by anyone watching the load
+    limits = limits or ServeConfig()
+    app = FastAPI(title="huse catalogue search", version="1", description=DESCRIPTION)
+    app.state.server = _Server(searcher, limits)
+    app.state.decode_gate = app.state.server.gate  # read by the tests and by anyone watching
     if allowed_hosts:
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if not request.url.path.startswith(("/docs", "/redoc")):
-            response.headers.setdefault("X-Frame-Options", "DENY")
-            response.headers.setdefault(
-                "Content-Security-Policy",
-                "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-                "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
-                "base-uri 'none'; form-action 'self'",
-            )
-        return response
-
-    def result(h: Hit) -> Result:
-        ref = quote(h.id, safe="")
-        return Result(
-            rank=h.rank,
-            id=h.id,
-            image=f"/api/image/{ref}",
-            thumbnail=f"/api/thumb/{ref}",
-            text=h.text,
-            **{"class": h.classes},
-            class_path=h.classes.split(sep),
-            score=h.score,
-            modality=h.modality,
-        )
-
-    def row_of(item_id: str) -> int:
-        row = index.row_of(item_id)
-        if row is None:
-            raise HTTPException(404, f"no catalogue item with id {item_id!r}")
-        return row
-
-    @app.get("/", include_in_schema=False)
-    def page() -> HTMLResponse:
-        return HTMLResponse(static["index.html"])
-
-    @app.get("/static/{name}", include_in_schema=False)
-    def static_file(name: str) -> Response:
-        if name not in static or name == "index.html":
-            raise HTTPException(404, "not found")
-        return Response(
-            static[name],
-            media_type=STATIC_FILES[name],
-            headers={"Cache-Control": "no-cache"},
-        )
-
-    @app.get("/api/health", summary="liveness")
-    def health() -> dict:
-        return {"status": "ok", "items": len(index)}
-
-    classes = sorted(set(index.items["classes"].astype(str)))
-    # A spread of leaf names for the page's "Try:" chips.
-    examples = [c.split(sep)[-1] for c in classes][:: max(1, len(classes) // 8)][:8]
-
-    @app.get("/api/info", summary="the catalogue, the model and the request limits")
-    def info() -> dict:
-        return {
-            "items": len(index),
-            "classes": len(classes),
-            "examples": examples,
-            "factory": index.info.get("factory"),
-            "method": index.info.get("model", {}).get("method"),
-            "dim": index.dim,
-            "limits": asdict(limits),
-        }
-
-    search_errors = {
-        c: {"model": ErrorResponse, "description": d}
-        for c, d in (
-            (400, "malformed request or empty upload"),
-            (404, "unknown item id"),
-            (413, "body, upload or image pixels over the limit"),
-            (415, "upload is not an image of an accepted format"),
-            (408, "request body not received in time"),
-            (422, "invalid fields, text too long or without words, corrupt image"),
-            (503, "too many image decodes at once; retry"),
-        )
-    }
-
-    @app.post(
+    app.middleware("http")(_security_headers)  # outermost: on the Host refusals too
+    app.include_router(pages)
+    app.add_api_route(
         "/api/search",
+        search,
+        methods=["POST"],
         response_model=SearchResponse,
         response_model_by_alias=True,
         summary="nearest catalogue items to a text, an image or a catalogue item",
-        responses=search_errors,
+        responses=_SEARCH_ERRORS,
         openapi_extra=_openapi_body(limits),
     )
-    async def search(request: Request) -> SearchResponse:
-        t0 = time.perf_counter()
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            body = await _read_capped(
-                request, limits.max_upload_bytes + FORM_OVERHEAD, "upload", limits.body_timeout_s
-            )
-            fields = await _parse_form(request, body)
-        elif ctype == "application/json":
-            body = await _read_capped(request, FORM_OVERHEAD, "JSON body", limits.body_timeout_s)
-            try:
-                fields = json.loads(body)
-            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-                raise HTTPException(400, "the body is not valid JSON") from None
-            if not isinstance(fields, dict):
-                raise HTTPException(422, "the JSON body must be an object")
-            if "image" in fields:
-                raise HTTPException(
-                    422, "send an image as a multipart form field 'image', not in JSON"
-                )
-        else:
-            raise HTTPException(
-                415, "send application/json or multipart/form-data (with an 'image' file)"
-            )
-        upload = fields.pop("image", None)
-        req = _validate(fields, limits)
-        given = [n for n, v in (("text", req.text), ("image", upload), ("item", req.item)) if v]
-        if len(given) != 1:
-            raise HTTPException(
-                422,
-                "give exactly one query: text, image or item"
-                + (f" (got {', '.join(given)})" if given else ""),
-            )
-        if upload is not None:
-            data, filename = upload
-            img = await run_in_threadpool(_check_image, data, limits, gate)
-            hits = await _query(searcher.search_image, img, req.k, req.modality)
-            query = {"image": filename}
-        elif req.item is not None:
-            row = row_of(req.item)
-            try:
-                img = await run_in_threadpool(_decode_item, image_paths[row], gate)
-            except ImageError as e:
-                raise HTTPException(
-                    422, f"item {req.item!r} has an unreadable image: {e}"
-                ) from None
-            hits = await _query(searcher.search_image, img, req.k, req.modality)
-            query = {"item": req.item}
-        else:
-            hits = await _query(searcher.search_text, req.text, req.k, req.modality)
-            query = {"text": req.text}
-        return SearchResponse(
-            query=query | {"k": req.k, "modality": req.modality},
-            results=[result(h) for h in hits],
-            took_ms=round((time.perf_counter() - t0) * 1000, 2),
-        )
-
-    def _image_response(item_id: str, side: int) -> Response:
-        row = row_of(item_id)
-        try:
-            data = thumbs.get(row, image_paths[row], side)
-        except ImageError as e:
-            raise HTTPException(404, f"item {item_id!r} has no readable image: {e}") from None
-        return Response(data, media_type="image/webp", headers={"Cache-Control": "max-age=3600"})
-
-    @app.get(
-        "/api/thumb/{item_id:path}",
-        summary="a catalogue item's thumbnail (WebP), by item id",
-        responses={200: {"content": {"image/webp": {}}}, 404: {"model": ErrorResponse}},
-    )
-    def thumbnail(item_id: str) -> Response:
-        return _image_response(item_id, limits.thumb_side)
-
-    @app.get(
-        "/api/image/{item_id:path}",
-        summary="a catalogue item's image (WebP, long side at most 1024 px), by item id",
-        responses={200: {"content": {"image/webp": {}}}, 404: {"model": ErrorResponse}},
-    )
-    def image(item_id: str) -> Response:
-        return _image_response(item_id, 1024)
-
+    app.include_router(pictures)
     return app
 
 
@@ -681,14 +672,14 @@ def server_config(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    limits: Limits | None = None,
+    limits: ServeConfig | None = None,
     log_level: str = "info",
 ) -> Any:
     """The ``uvicorn.Config`` that ``serve`` runs ``app`` under: the connection limit and
     the head, body and keep-alive timeouts of ``limits``."""
     import uvicorn
 
-    limits = limits or Limits()
+    limits = limits or ServeConfig()
     return uvicorn.Config(
         app,
         host=host,
@@ -709,13 +700,13 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     index: str | Path | None = None,
-    limits: Limits | None = None,
+    limits: ServeConfig | None = None,
     log_level: str = "info",
 ) -> None:
     """Load the run's model and index once, then serve the page and API with uvicorn."""
     import uvicorn
 
-    limits = limits or Limits()
+    limits = limits or ServeConfig()
     searcher = Searcher.from_run(run, index)
     searcher.warm_up()
     allowed = list(LOOPBACK_HOSTS) if is_loopback(host) else None

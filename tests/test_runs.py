@@ -1,4 +1,4 @@
-"""``huse.run``: the run folder is huse's own, a refused resume changes nothing, small or
+"""``huse.runs``: the run folder is huse's own, a refused resume changes nothing, small or
 missing splits train and evaluate what they can, a damaged run says what to do."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import huse
 from huse.checkpoint import CheckpointError
 from huse.errors import DataError, RunError, UnsafeOutputError
 from huse.methods import resolve_config
-from huse.run import evaluate_run, fit
+from huse.runs import RunDir, evaluate_run, find_index, fit, fit_features
 from huse.train import SplitWarning
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +28,7 @@ def cfg(**kw):
 @pytest.fixture(autouse=True)
 def no_backbones(monkeypatch, sibling_graph):
     """The graph from the hierarchy alone: no text backbone loads in these tests."""
-    monkeypatch.setattr("huse.run.graph_for", lambda fs, c: (sibling_graph(fs.hierarchy), None))
+    monkeypatch.setattr("huse.runs.graph_for", lambda fs, c: (sibling_graph(fs.hierarchy), None))
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +181,48 @@ def test_evaluate_run_on_a_missing_or_incomplete_run_says_so(tmp_path, fs):
     (run / "run.json").write_text("{not json")
     with pytest.raises(RunError, match=r"run\.json is damaged"):
         evaluate_run(run)
+
+
+def test_fit_records_its_command_and_run_dir_reads_what_fit_wrote(tmp_path, fs):
+    manifest = manifest_of(fs, tmp_path / "m.csv")
+    run = RunDir(tmp_path / "run")
+    assert not run.is_run()
+    m = fit(manifest, run.path, train_config=cfg(), features=fs, progress=False, command="train")
+    assert run.info() == {"format": "huse-run/1", "manifest": str(manifest.resolve()),
+                          "command": "train"}  # fmt: skip
+    assert run.is_run() and run.manifest() == str(manifest.resolve())
+    assert run.metrics() == json.loads(json.dumps(m))
+    assert run.data_config() == fs.config
+    assert run.train_config() == json.loads((run.path / "train_config.json").read_text())
+    assert run.train_config()["epochs"] == 2
+    assert len(run.log()) == 2 and run.graph().shape == (10, 10)
+    assert run.missing() is None and run.require_model_dir() == run.model_dir
+    # A bare model folder is its own model directory.
+    assert RunDir(run.model_dir).require_model_dir() == run.model_dir
+    assert set(p.name for p in run.path.iterdir()) <= set(RunDir.FILES) | set(RunDir.DIRS)
+    target = run.write_eval_metrics({"x": 1})
+    assert target == run.eval_metrics_file and json.loads(target.read_text()) == {"x": 1}
+    (run.path / "metrics.json").unlink()
+    assert run.metrics() == {"x": 1}  # eval_metrics.json stands in for an evaluated run
+
+
+def test_fit_features_gives_fit_s_test_metrics_in_memory(tmp_path, fs):
+    """The benchmarks' in-memory pipeline trains and scores exactly what ``fit`` writes."""
+    m = fit(manifest_of(fs, tmp_path / "m.csv"), tmp_path / "run", train_config=cfg(),
+            features=fs, progress=False)  # fmt: skip
+    graphs: dict = {}
+    got = fit_features(fs, cfg(), "test", graphs=graphs)
+    for key in ("classification", "retrieval", "hierarchical", "mistake_severity"):
+        assert got.metrics[key] == m[key]
+    assert got.train.epochs_run == m["training"]["epochs_run"]
+    assert len(graphs) == 1
+    again = fit_features(fs, cfg(seed=1), None, graphs=graphs)
+    assert again.metrics is None and again.graph is got.graph  # the cached graph
+
+
+def test_find_index_takes_an_index_folder_or_a_run_folder(tmp_path):
+    (tmp_path / "run" / "index").mkdir(parents=True)
+    (tmp_path / "run" / "index" / "index.json").write_text("{}")
+    assert find_index(tmp_path / "run") == tmp_path / "run" / "index"
+    assert find_index(tmp_path / "run" / "index") == tmp_path / "run" / "index"
+    assert find_index(tmp_path / "none") == tmp_path / "none"

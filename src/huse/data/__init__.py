@@ -1,0 +1,1 @@
+"""Data: manifests and their validation, splits, the class hierarchy, images and texts."""
