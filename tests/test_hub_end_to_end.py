@@ -98,6 +98,14 @@ def test_fit_index_search_through_hub_folders(hub, manifest, tmp_path, capsys, i
     card = json.loads((run / "model" / "config.json").read_text())
     assert card["image_backbone"] == f"hf:{hub[image]}"
     assert (card["model"]["image_dim"], card["model"]["text_dim"]) == dims
+    # One CLIP for both: its raw image and text features share a space, so the raw
+    # backbones get cross-modal rows; DINOv2 and BERT do not share one.
+    raw = json.loads((run / "metrics.json").read_text())["raw_backbones"]
+    shared = image == text
+    assert raw["shared_space"] is shared
+    assert (raw["retrieval"]["i2t"]["R@1"] is not None) is shared
+    assert raw["retrieval"]["i2i"]["R@1"] is not None
+    assert ("already share a space" in (run / "report.html").read_text()) is shared
     assert main(["index", str(run), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["search", str(run), "--text", "a red bird", "-k", "3", "--json"]) == 0

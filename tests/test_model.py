@@ -650,3 +650,33 @@ def test_cosine_classifier_logits_are_scaled_cosines():
     assert torch.allclose(li, expected, atol=1e-6)
     assert torch.allclose(lt, expected, atol=1e-6)
     assert li.abs().max() <= 10.0 + 1e-5
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
+def test_load_on_a_device_embeds_there_and_gives_the_cpu_vectors(tmp_path, device):
+    import huse
+
+    model = make_model("shared")
+    model.save(tmp_path / "m")
+    on = huse.load(tmp_path / "m", device=device)
+    assert on.device.type == device
+    assert {p.device.type for p in on.net.parameters()} == {device}
+    rng = np.random.default_rng(2)
+    img = rng.normal(size=(5, 12)).astype(np.float32)
+    txt = rng.normal(size=(5, 10)).astype(np.float32)
+    tf = model.tfidf.transform(TEXTS[:5])
+    np.testing.assert_allclose(
+        on.embed_image_features(img), model.embed_image_features(img), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        on.embed_text_features(txt, tf), model.embed_text_features(txt, tf), atol=1e-5
+    )

@@ -42,11 +42,12 @@ _LAZY = {
 }
 
 
-def load(path: str) -> HUSEModel:
-    """Load a trained model: a run folder or its ``model/`` (see ``huse.model.HUSEModel``)."""
+def load(path: str, device: str = "cpu") -> HUSEModel:
+    """Load a trained model: a run folder or its ``model/`` (see ``huse.model.HUSEModel``),
+    embedding on ``device``."""
     from huse.model import HUSEModel
 
-    return HUSEModel.load(path)
+    return HUSEModel.load(path, device=device)
 
 
 def __getattr__(name: str) -> Any:

@@ -212,9 +212,22 @@ def evaluate_net(
     }
 
 
+def raw_space_is_shared(fs: FeatureSet) -> bool:
+    """Whether the raw image and text features already live in one space: both come from
+    the same dual encoder (one ``hf:`` CLIP or SigLIP as image and text backbone, with its
+    own text features), so raw cross-modal retrieval means something."""
+    c = fs.config
+    return (
+        c.image_backbone == c.text_backbone
+        and c.image_backbone.startswith("hf:")
+        and fs.image.shape[1] == fs.text.shape[1]
+    )
+
+
 def evaluate_raw(fs: FeatureSet, split: str = "test", *, chunk_size: int = 1024) -> dict:
-    """The raw backbone features, L2-normalised: in-modal retrieval only (the two spaces
-    differ), classification by nearest training-class centroid."""
+    """The raw backbone features, L2-normalised: in-modal retrieval only when the two
+    spaces differ, all four directions when one dual encoder gives both
+    (``raw_space_is_shared``); classification by nearest training-class centroid."""
     idx = fs.split_indices(split)
     tr = fs.split_indices("train")
     if len(idx) == 0 or len(tr) == 0:
@@ -231,10 +244,13 @@ def evaluate_raw(fs: FeatureSet, split: str = "test", *, chunk_size: int = 1024)
         m = classification_metrics(s, labels, dist, ks=(1, 5))
         cls[name] = m["accuracy"]
         cls_sev[name] = {k: m[k] for k in ("mistake_severity", "hdist@1", "hdist@5")}
+    shared = raw_space_is_shared(fs)
+    directions = ("i2i", "i2t", "t2i", "t2t") if shared else ("i2i", "t2t")
     retrieval, hier, sev = space_metrics(
-        img, txt, labels, h, chunk_size=chunk_size, directions=("i2i", "t2t")
+        img, txt, labels, h, chunk_size=chunk_size, directions=directions
     )
     return {
+        "shared_space": shared,
         "classification": cls,
         "classification_mode": "centroid",
         "retrieval": retrieval,

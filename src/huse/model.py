@@ -255,10 +255,13 @@ class HUSEModel:
         graph: the K×K semantic graph it was trained with (kept for reports).
     """
 
-    def __init__(self, net: HUSENet, info: ModelInfo, tfidf=None, graph=None) -> None:
-        # Inference runs on the CPU, where the backbones and the input tensors are; a net
-        # handed over from GPU training comes back here.
-        self.net = net.cpu().eval()
+    def __init__(
+        self, net: HUSENet, info: ModelInfo, tfidf=None, graph=None, device: str = "cpu"
+    ) -> None:
+        # The towers and the backbones run on one device; a net handed over from training
+        # elsewhere moves to it.
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
         self.info = info
         self.tfidf = tfidf
         self.graph = graph
@@ -274,7 +277,10 @@ class HUSEModel:
             from huse.backbones import get_backbone
 
             self._image_bb = get_backbone(
-                self.info.image_backbone, "image", image_fit=self.info.image_fit
+                self.info.image_backbone,
+                "image",
+                image_fit=self.info.image_fit,
+                device=str(self.device),
             )
         return self._image_bb
 
@@ -284,15 +290,21 @@ class HUSEModel:
             from huse.backbones import get_backbone
 
             self._text_bb = get_backbone(
-                self.info.text_backbone, "text", text_pooling=self.info.text_pooling
+                self.info.text_backbone,
+                "text",
+                text_pooling=self.info.text_pooling,
+                device=str(self.device),
             )
         return self._text_bb
 
     # -- features → embeddings -------------------------------------------------------
     @torch.no_grad()
     def embed_image_features(self, feats: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        dev = self.device
         out = [
-            self.net.embed_image(torch.from_numpy(feats[s : s + batch_size]).float()).numpy()
+            self.net.embed_image(torch.from_numpy(feats[s : s + batch_size]).float().to(dev))
+            .cpu()
+            .numpy()
             for s in range(0, len(feats), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.info.model.embed_dim), "f4")
@@ -301,11 +313,11 @@ class HUSEModel:
     def embed_text_features(
         self, feats: np.ndarray, tfidf: sp.csr_matrix | None, batch_size: int = 1024
     ) -> np.ndarray:
-        out = []
+        out, dev = [], self.device
         for s in range(0, len(feats), batch_size):
-            t = csr_to_torch(tfidf[s : s + batch_size]) if tfidf is not None else None
-            x = torch.from_numpy(feats[s : s + batch_size]).float()
-            out.append(self.net.embed_text(x, t).numpy())
+            t = csr_to_torch(tfidf[s : s + batch_size]).to(dev) if tfidf is not None else None
+            x = torch.from_numpy(feats[s : s + batch_size]).float().to(dev)
+            out.append(self.net.embed_text(x, t).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.info.model.embed_dim), "f4")
 
     # -- raw inputs → embeddings -----------------------------------------------------
@@ -402,8 +414,11 @@ class HUSEModel:
             atomic_write_text(path / "README.md", card)
 
     @classmethod
-    def load(cls, path: str | Path) -> HUSEModel:
+    def load(cls, path: str | Path, device: str = "cpu") -> HUSEModel:
         """Read a model directory (or a run folder holding ``model/``) written by ``save``.
+
+        ``device`` (``cpu``, ``cuda``, ``cuda:1``...) is where the towers and the backbones
+        embed queries.
 
         Only JSON, safetensors and ``.npy`` without pickles are read: nothing in the folder
         can run code.
@@ -462,4 +477,4 @@ class HUSEModel:
             except (OSError, ValueError, EOFError) as e:
                 msg = f"{path / 'graph.npy'} is damaged ({type(e).__name__}: {e}). {redo}"
                 raise RunError(msg) from e
-        return cls(net, info, tfidf=tfidf, graph=graph)
+        return cls(net, info, tfidf=tfidf, graph=graph, device=device)

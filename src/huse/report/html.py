@@ -562,12 +562,17 @@ def build_html(run: Path, compare: Sequence[Path] = (), progress: bool = False) 
     def metrics_section() -> str:
         cmp = f" beside {len(others)} other run{'s' if len(others) > 1 else ''}" if others else ""
         return (
-            f"<p>Test split, this run{cmp} and the raw backbone features (L2-normalised, "
-            "in-modal retrieval only, as the two backbones' spaces differ). Retrieval is "
+            f"<p>Test split, this run{cmp} and the raw backbone features (L2-normalised; "
+            + (
+                "<b>one dual encoder gives both, so the raw image and text features already "
+                "share a space</b> and have cross-modal rows too). "
+                if (m.get("raw_backbones") or {}).get("shared_space")
+                else "in-modal retrieval only, as the two backbones' spaces differ). "
+            )
+            + "Retrieval is "
             "class-level: a result is relevant when it has the query's class. Bold: the best "
             "of a column (within a direction). ↑ higher is better, ↓ lower (mistake severity is "
-            "the mean tree distance of a wrong answer). Raw backbone rows are missing from "
-            "the cross-modal directions.</p>"
+            "the mean tree distance of a wrong answer).</p>"
             + metrics_table(cols)
             + (
                 "<h3>Embedding space, run by run</h3>"
