@@ -325,3 +325,15 @@ def test_a_query_error_from_the_searcher_is_a_422_with_its_message(fake_searcher
     assert r.json()["detail"] == (
         "invalid query: unknown class filter in 'a red car'; use a class of the catalogue"
     )
+
+
+def test_decodes_run_on_the_gates_own_threads_only():
+    """Memory a decode frees stays in its thread's allocator arena: decoding on every
+    request thread would let each keep a full-size image, so only the gate's threads do."""
+
+    from huse.serve.app import DecodeGate
+
+    gate = DecodeGate(2, 5.0)
+    names = {gate.run(lambda: threading.current_thread().name) for _ in range(20)}
+    assert names and all(n.startswith("huse-decode") for n in names)
+    assert len({gate.run(threading.get_ident) for _ in range(20)}) <= 2
