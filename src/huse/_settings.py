@@ -209,7 +209,10 @@ def read_config_file(path: str | Path) -> dict:
     try:
         raw = path.read_bytes()
         if path.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(raw.decode("utf-8"))
         else:
