@@ -257,3 +257,24 @@ def test_torchrun_ranks_share_no_claims(tmp_path, monkeypatch):
     # Rank 0's items are missing here (rank 0 never ran): reported, not silently zero.
     assert sorted(errors) == [0, 2, 4]
     assert (np.abs(feats[[1, 3, 5]]).sum(1) > 0).all()
+
+
+def test_a_file_at_a_locks_name_that_huse_did_not_write_is_never_deleted(tmp_path):
+    """Only huse's own lock records (their fields, not their name) are broken: an old
+    foreign file is left as it was, and its batch is computed all the same."""
+    paths = colour_images(tmp_path / "img", 6)
+    bb = MeanColour()
+    store = FeatureStore(tmp_path / "cache", bb.version)
+    keys, _ = hash_image_files(paths, bb.version)
+    foreign = store._lock_path(keys[:3])
+    foreign.parent.mkdir(parents=True, exist_ok=True)
+    foreign.write_text("my notes")
+    old = time.time() - features.STALE_LOCK_SECONDS - 5
+    os.utime(foreign, (old, old))
+    t0 = time.perf_counter()
+    feats, errors = extract_images(paths, bb, store, batch_size=3, progress=False)
+    assert time.perf_counter() - t0 < 15  # not waited on
+    assert errors == {} and bb.computed == [3, 3]
+    assert foreign.read_text() == "my notes"
+    again, _ = extract_images(paths, MeanColour(), FeatureStore(store.dir.parent, bb.version))
+    np.testing.assert_array_equal(feats, again)

@@ -89,6 +89,10 @@ STALE_TMP_SECONDS = 3600
 # another host, or hangs): no batch takes this long. A lock whose holder died on this host
 # is taken over at once.
 STALE_LOCK_SECONDS = 1800
+# The fields of huse's lock records; a file at a lock's name without them is not huse's.
+LOCK_KEYS = frozenset({"pid", "host", "time", "token"})
+# A lock is written right after it is created; an unreadable one older than this is foreign.
+FOREIGN_LOCK_SECONDS = 60.0
 _LOCK_POLL_SECONDS = 0.1
 
 # Shards written since shard names were bound to their content: ``shard-<40 hex>.npz``,
@@ -347,24 +351,47 @@ class FeatureStore:
     def _lock_path(self, unit: Sequence[str]) -> Path:
         return self.dir / (shard_name(unit)[: -len(".npz")] + ".lock")
 
-    def _lock_is_stale(self, lock: Path) -> bool:
-        """True when ``lock`` is gone, its process died on this host, or it is too old."""
+    @staticmethod
+    def _read_lock(lock: Path) -> tuple[float, dict | None] | None:
+        """(age in seconds, the lock record if it is one of huse's) or None when gone."""
         try:
             age = time.time() - lock.stat().st_mtime
-            text = lock.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return True
+            return None
         except OSError:
+            return 0.0, None
+        try:
+            info = json.loads(lock.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return age, None
+        ok = isinstance(info, dict) and set(info) >= LOCK_KEYS
+        return age, info if ok else None
+
+    def _lock_is_stale(self, lock: Path) -> bool:
+        """True when ``lock`` is gone, or is huse's and its process died on this host or it
+        is too old. Only huse's own lock records (checked by their fields) are ever broken."""
+        read = self._read_lock(lock)
+        if read is None:
+            return True
+        age, info = read
+        if info is None:  # being written this instant, or not a lock of huse's
             return False
         if age > STALE_LOCK_SECONDS:
             return True
         try:
-            info = json.loads(text)
             if info["host"] == socket.gethostname():
                 return not _pid_alive(int(info["pid"]))
-        except (ValueError, KeyError, TypeError):  # being written this instant
+        except (ValueError, TypeError):
             pass
         return False
+
+    def _is_foreign(self, lock: Path) -> bool:
+        """A file at a lock's name that huse did not write: not a lock record, and older
+        than the moment between a lock's creation and its write. Left alone, never waited on."""
+        read = self._read_lock(lock)
+        return read is not None and read[1] is None and read[0] > FOREIGN_LOCK_SECONDS
 
     def _break_stale(self, lock: Path) -> bool:
         """Remove ``lock`` if stale; True when it is gone (the batch may be claimed)."""
@@ -398,6 +425,10 @@ class FeatureStore:
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
+                if self._is_foreign(lock):
+                    # Compute the batch unclaimed; ``release`` leaves the file alone, as its
+                    # token is not ours.
+                    return lock
                 if not self._break_stale(lock):
                     return None
                 continue
@@ -423,7 +454,7 @@ class FeatureStore:
     def wait_unclaimed(self, unit: Sequence[str]) -> None:
         """Wait while another live process holds the batch ``unit`` (bounded by staleness)."""
         lock = self._lock_path(unit)
-        while lock.exists() and not self._lock_is_stale(lock):
+        while lock.exists() and not self._lock_is_stale(lock) and not self._is_foreign(lock):
             time.sleep(_LOCK_POLL_SECONDS)
 
 
