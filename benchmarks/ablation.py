@@ -92,6 +92,23 @@ VARIANTS: dict[str, dict] = {
     "image layers 2": {"image_layers": 2},
     "weight decay 1e-2": {"weight_decay": 1e-2},
     "input dropout 0.2, image layers 2": {"input_dropout": 0.2, "image_layers": 2},
+    # Every level (issue: the item first, then its class, then its relatives).
+    "instance η=1": {"instance_weight": 1.0},
+    "instance η=0.3": {"instance_weight": 0.3},
+    "instance η=3": {"instance_weight": 3.0},
+    "instance η=1, τ=0.1": {"instance_weight": 1.0, "instance_temperature": 0.1},
+    "instance η=1, τ=0.02": {"instance_weight": 1.0, "instance_temperature": 0.02},
+    "instance η=1, margin 0.1": {"instance_weight": 1.0, "instance_margin": 0.1},
+    "instance η=1, classmates 0.3": {"instance_weight": 1.0, "instance_same_class_weight": 0.3},
+    "instance η=1, monitor nDCG": {"instance_weight": 1.0, "monitor": "mean_nDCG@10"},
+    "instance η=1, no gap": {"instance_weight": 1.0, "gamma": 0.0},
+    "monitor nDCG": {"monitor": "mean_nDCG@10"},
+    "instance η=0.1": {"instance_weight": 0.1},
+    "instance η=1, classmates only": {"instance_weight": 1.0, "instance_other_class_weight": 0.0},
+    "instance η=0.3, classmates only": {"instance_weight": 0.3, "instance_other_class_weight": 0.0},
+    "instance η=3, classmates only": {"instance_weight": 3.0, "instance_other_class_weight": 0.0},
+    "instance η=0.3, classmates 0.3": {"instance_weight": 0.3, "instance_same_class_weight": 0.3},
+    "instance η=0.3, τ=0.1": {"instance_weight": 0.3, "instance_temperature": 0.1},
     "xmodal δ=1 + cosine s=32 + hier τ=0.05": {
         "delta": 1.0,
         "cosine_classifier": True,
@@ -195,7 +212,9 @@ def main() -> None:
             }
             results.setdefault(key, []).append(row)
             print(
-                f"{key:24s} seed {seed}: cross R@1 {s['cross_R@1']:.3f}  HP@5 {s['mean_HP@5']:.3f}  "
+                f"{key:24s} seed {seed}: xR@1 {s['instance_xR@1']:.3f}  "
+                f"nDCG@10 {s['mean_nDCG@10']:.3f}  cross R@1 {s['cross_R@1']:.3f}  "
+                f"HP@5 {s['mean_HP@5']:.3f}  "
                 f"fusion {s['fusion'] or 0:.3f}  pairs<ζ {row['pairs_under_margin']:.2f}  "
                 f"active {row['graph_active'] if row['graph_active'] is None else round(row['graph_active'], 3)}  "
                 f"{res.epochs_run} ep ({res.stopped}, best {res.best_epoch})  {row['seconds']:.0f}s"
@@ -205,10 +224,10 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
     print(
-        "\n| variant | val cross R@1 | val mean HP@5 | val fusion acc | epochs (stop) | pairs<ζ "
-        "| active | posterior R@1 (T=1 / 2) |"
+        "\n| variant | val instance xR@1 | val cross R@1 | val mean HP@5 | val mean nDCG@10 "
+        "| val fusion acc | epochs (stop) | pairs<ζ | active | posterior R@1 (T=1 / 2) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
 
         def ms(k, rows=rows):
@@ -224,7 +243,8 @@ def main() -> None:
             if all(t in r["posterior_cross_R@1"] for r in rows)
         )
         print(
-            f"| {name} | {ms('cross_R@1')} | {ms('mean_HP@5')} | {ms('fusion')} | {ep:.0f} ({stops}) | "
+            f"| {name} | {ms('instance_xR@1')} | {ms('cross_R@1')} | {ms('mean_HP@5')} "
+            f"| {ms('mean_nDCG@10')} | {ms('fusion')} | {ep:.0f} ({stops}) | "
             f"{rows[0]['pairs_under_margin']:.2f} | {np.mean(act) if act else float('nan'):.3f} "
             f"| {post or '—'} |"
         )

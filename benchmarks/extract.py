@@ -1,26 +1,31 @@
-"""How much of feature extraction is the backbone, and how much is loading around it.
+"""Feature extraction per backbone, backend and batch size: items/s and how they compare.
 
 For each backbone named (any registered name or ``hf:<model id or folder>``; by default
-efficientnet-lite2 for images and minilm-l6 for texts), at one batch size:
+efficientnet-lite2 for images and minilm-l6 for texts), each batch size and each variant:
 
-- extraction: ``huse.features.extract_images`` / ``extract_texts`` into a fresh, empty
-  cache: hashing, decoding and preprocessing (images) or salient truncation and
-  tokenising (texts), the forward pass and the shard writes;
-- forward: the forward pass alone on batches built beforehand (preprocessed tensors;
-  prepared texts in the same length-sorted order that extraction uses, tokenised by the
-  backbone's own ``forward``);
-- their ratio (forward items/s ÷ extraction items/s): 1.0 means loading costs nothing;
-- peak memory of each phase: resident set (``VmHWM``, reset between phases where the
-  kernel allows, else ``ru_maxrss``) and the peak of Python/numpy allocations
-  (tracemalloc, measured in an extra, untimed extraction run).
+- ``torch-today``: eager torch with decoding in line (``decode_threads=0``), the
+  extraction loop as it was before the ONNX backend: the baseline of every ratio;
+- ``torch``: eager torch, decoding on threads overlapped with the forward pass;
+- ``onnx``: the ONNX export run by ONNX Runtime, decoding on threads (the CPU default);
+- ``onnx-procs``: the same with decoding in 2 worker processes (``--workers 2``), to
+  measure threads against processes (images only).
 
-Each backbone runs in its own process, so one's memory does not hide in the other's peak.
+Columns: items/s of a full extraction into an empty cache (hashing, decoding and
+preprocessing or truncation and tokenising, the forward pass, the shard writes); its ratio
+to ``torch-today``; the pure forward throughput of the variant's backend on batches built
+beforehand and the pipeline-to-forward ratio (1.0: loading costs nothing); the peak
+resident set during the extraction (``VmHWM`` after a reset; both backends' weights are
+loaded); and the worst cosine similarity of any item's features against eager torch's.
+
+The variants run interleaved, in one process per backbone, ``--repeat`` times each, best
+kept: on a shared machine each variant sees the same load. Texts are hub backbones' only
+variant ``torch``/``torch-today`` (they take no backend).
+
 Pictures: the first N (sorted, symlinks skipped) of Debian's openclipart-png, texts their
 file names; without that package, the bundled data/openclipart-demo set.
 
-    python benchmarks/extract.py --n 96 --batch-size 32 [--repeat 2]
-    python benchmarks/extract.py --image-backbone efficientnet-lite0 efficientnet-lite2 \
-        hf:/models/clip-vit-base-patch32 --text-backbone minilm-l6
+    python benchmarks/extract.py --n 96 --batch-size 32 [--repeat 3]
+    python benchmarks/extract.py --image-backbone efficientnet-lite0 --text-backbone
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import multiprocessing as mp
 import resource
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 OPENCLIPART = Path("/usr/share/openclipart/png")
@@ -75,98 +79,141 @@ def _peak_mb() -> float:
     return kb / 1024
 
 
-def _rss_mb() -> float:
-    rss = _status_kb("VmRSS")
-    return (rss or 0) / 1024
+# variant -> (backend, decode_threads, num_workers)
+VARIANTS = {
+    "torch-today": ("torch", 0, 0),
+    "torch": ("torch", None, 0),
+    "onnx": ("onnx", None, 0),
+    "onnx-procs": ("onnx", 0, 2),
+}
 
 
 def _bench(
-    kind: str, name: str, paths: list[str], texts: list[str], batch_size: int, repeat: int, queue
+    kind: str,
+    name: str,
+    paths: list[str],
+    texts: list[str],
+    batch_sizes: list[int],
+    variants: list[str],
+    repeat: int,
+    queue,
 ) -> None:
+    import numpy as np
     import torch
 
     from huse.backbones import get_backbone
+    from huse.backbones.runtime import cosines
     from huse.data.images import load_image
-    from huse.features import ExtractStats, FeatureStore, extract_images, extract_texts
+    from huse.features import FeatureStore, extract_images, extract_texts
 
-    bb = get_backbone(name, kind)
+    if kind == "text":
+        variants = [v for v in variants if v != "onnx-procs"]
+    if name.startswith("hf:"):
+        variants = [v for v in variants if VARIANTS[v][0] == "torch"]
+    export_dir = tempfile.mkdtemp(prefix="huse-bench-onnx-")
+    backbones = {}
+    build_s = {}
+    for backend in sorted({VARIANTS[v][0] for v in variants}):
+        opts = {} if name.startswith("hf:") else {"backend": backend, "export_dir": export_dir}
+        bb = get_backbone(name, kind, **opts)
+        t0 = time.perf_counter()
+        # Weights loaded, the export built and checked, one forward pass done: untimed.
+        if kind == "image":
+            bb.forward(bb.preprocess(load_image(paths[0]))[None])
+        else:
+            bb.forward([bb.prepare(texts[0])])
+        build_s[backend] = time.perf_counter() - t0
+        backbones[backend] = bb
     n = len(paths) if kind == "image" else len(texts)
-
-    # Warm up: weights loaded and one small forward pass done before any clock starts.
-    if kind == "image":
-        bb.forward(bb.preprocess(load_image(paths[0]))[None])
-    else:
-        bb.forward([bb.prepare(texts[0])])
-    res: dict = {"backbone": name, "kind": kind, "n": n, "batch_size": batch_size}
-    res["rss_loaded_mb"] = _rss_mb()
     can_reset = _reset_peak()
 
-    def extract(cache: str) -> ExtractStats:
-        stats = ExtractStats()
-        store = FeatureStore(cache, bb.version)
-        if kind == "image":
-            _, errors = extract_images(
-                paths, bb, store, batch_size=batch_size, progress=False, stats=stats
-            )
-            res["failed"] = len(errors)
-        else:
-            extract_texts(texts, bb, store, batch_size=batch_size, progress=False, stats=stats)
-        return stats
-
-    # Best of ``repeat`` runs, each into a fresh empty cache: the machine may be shared.
-    # CPU seconds too: on a busy machine they move much less than wall time.
-    times, cpus = [], []
-    for _ in range(repeat):
+    def extract(variant: str, bs: int) -> tuple[float, float, np.ndarray, float]:
+        backend, threads, workers = VARIANTS[variant]
+        bb = backbones[backend]
         with tempfile.TemporaryDirectory() as cache:
+            store = FeatureStore(cache, bb.version)
+            _reset_peak()
             t0, c0 = time.perf_counter(), time.process_time()
-            stats = extract(cache)
-            times.append(time.perf_counter() - t0)
-            cpus.append(time.process_time() - c0)
-    res["extract_s"], res["extract_cpu"] = min(times), min(cpus)
-    res["computed"] = stats.images_computed if kind == "image" else stats.texts_computed
-    res["extract_peak_mb"] = _peak_mb()
+            if kind == "image":
+                feats, errors = extract_images(
+                    paths,
+                    bb,
+                    store,
+                    batch_size=bs,
+                    num_workers=workers,
+                    decode_threads=threads,
+                    progress=False,
+                )
+                feats = np.delete(feats, sorted(errors), axis=0)
+            else:
+                feats = extract_texts(texts, bb, store, batch_size=bs, progress=False)
+            return time.perf_counter() - t0, time.process_time() - c0, feats, _peak_mb()
 
-    # Batches built beforehand; this (untimed) step is what extraction adds.
-    t0 = time.perf_counter()
+    # Batches built beforehand for the pure forward pass (the same for both backends).
     if kind == "image":
-        xs = [bb.preprocess(load_image(p)) for p in paths]
-        batches = [torch.stack(xs[s : s + batch_size]) for s in range(0, n, batch_size)]
+        ref_bb = next(iter(backbones.values()))
+        xs = [ref_bb.preprocess(load_image(p)) for p in paths]
     else:
-        prepared = sorted((bb.prepare(t) for t in texts), key=len)
-        batches = [prepared[s : s + batch_size] for s in range(0, n, batch_size)]
-    res["prepare_s"] = time.perf_counter() - t0
+        prepared = sorted((next(iter(backbones.values())).prepare(t) for t in texts), key=len)
 
-    _reset_peak()
-    times, cpus = [], []
-    for _ in range(repeat):
+    def forward(backend: str, bs: int) -> tuple[float, float]:
+        bb = backbones[backend]
+        if kind == "image":
+            batches = [torch.stack(xs[s : s + bs]) for s in range(0, n, bs)]
+        else:
+            batches = [prepared[s : s + bs] for s in range(0, n, bs)]
         t0, c0 = time.perf_counter(), time.process_time()
-        with torch.no_grad():
-            for b in batches:
-                bb.forward(b)
-        times.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    res["forward_s"], res["forward_cpu"] = min(times), min(cpus)
-    res["forward_peak_mb"] = _peak_mb() if can_reset else None
+        for b in batches:
+            bb.forward(b)
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    # Python/numpy allocations during a whole extraction (tracemalloc slows it: untimed).
-    del batches
-    with tempfile.TemporaryDirectory() as cache:
-        tracemalloc.start()
-        extract(cache)
-        res["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
-    res["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    res["peak_reset"] = can_reset
-    res["threads"] = torch.get_num_threads()
-    queue.put(res)
+    rows = []
+    for bs in batch_sizes:
+        best: dict[str, dict] = {}
+        fwd: dict[str, float] = {}
+        fwd_cpu: dict[str, float] = {}
+        for _ in range(repeat):
+            for v in variants:  # interleaved: each variant sees the same load
+                secs, cpu, feats, peak = extract(v, bs)
+                r = best.setdefault(v, {"s": secs, "cpu": cpu, "feats": feats, "peak": peak})
+                r["s"], r["cpu"] = min(r["s"], secs), min(r["cpu"], cpu)
+                r["peak"] = max(r["peak"], peak)
+            for backend in backbones:
+                secs, cpu = forward(backend, bs)
+                fwd[backend] = min(fwd.get(backend, secs), secs)
+                fwd_cpu[backend] = min(fwd_cpu.get(backend, cpu), cpu)
+        ref = best[variants[0]]["feats"]
+        base = n / best[variants[0]]["s"]
+        for v in variants:
+            backend = VARIANTS[v][0]
+            ips = n / best[v]["s"]
+            rows.append(
+                {
+                    "backbone": name,
+                    "kind": kind,
+                    "variant": v,
+                    "batch": bs,
+                    "n": n,
+                    "items_s": ips,
+                    "vs_eager": ips / base,
+                    "forward_s": n / fwd[backend],
+                    "pipe_fwd": ips / (n / fwd[backend]),
+                    "peak_mb": best[v]["peak"] if can_reset else None,
+                    "worst_cos": float(cosines(best[v]["feats"], ref).min()),
+                    "build_s": build_s[backend],
+                    "cpu_ms": 1000 * best[v]["cpu"] / n,
+                    "fwd_cpu_ms": 1000 * fwd_cpu[backend] / n,
+                }
+            )
+    queue.put({"rows": rows, "threads": torch.get_num_threads()})
 
 
-def run(
-    kind: str, name: str, paths: list[str], texts: list[str], batch_size: int, repeat: int
-) -> dict:
+def run(kind, name, paths, texts, batch_sizes, variants, repeat) -> dict:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_bench, args=(kind, name, paths, texts, batch_size, repeat, q))
+    p = ctx.Process(
+        target=_bench, args=(kind, name, paths, texts, batch_sizes, variants, repeat, q)
+    )
     p.start()
     res = q.get()
     p.join()
@@ -176,52 +223,57 @@ def run(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=96, help="items per backbone (default 96)")
-    ap.add_argument("--batch-size", type=int, default=32, help="backbone batch size (default 32)")
-    ap.add_argument("--repeat", type=int, default=2, help="timed runs, best kept (default 2)")
+    ap.add_argument(
+        "--batch-size", type=int, nargs="+", default=[32], help="batch sizes (default 32)"
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (default 3)")
+    ap.add_argument(
+        "--variant",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="what to compare (the first is the baseline of the ratios)",
+    )
     ap.add_argument(
         "--image-backbone", nargs="*", default=["efficientnet-lite2"], help="image backbones"
     )
     ap.add_argument("--text-backbone", nargs="*", default=["minilm-l6"], help="text backbones")
     args = ap.parse_args(argv)
     paths, texts, source = real_items(args.n)
-    print(
-        f"{len(paths)} pictures and their names as texts from {source}; "
-        f"batch size {args.batch_size}"
-    )
+    print(f"{len(paths)} pictures and their names as texts from {source}")
     jobs = [("image", b) for b in args.image_backbone] + [("text", b) for b in args.text_backbone]
-    rows = [run(kind, b, paths, texts, args.batch_size, args.repeat) for kind, b in jobs]
-    print(f"torch threads: {rows[0]['threads']}; best of {args.repeat} timed runs")
+    results = [
+        run(kind, b, paths, texts, args.batch_size, args.variant, args.repeat) for kind, b in jobs
+    ]
+    print(
+        f"torch threads: {results[0]['threads']}; best of {args.repeat} interleaved runs; "
+        f"ratios against {args.variant[0]}"
+    )
     head = (
-        f"{'backbone':<20}{'items':>6}{'extract/s':>11}{'forward/s':>11}{'ratio':>7}"
-        f"{'prep s':>8}{'RSS model':>11}{'peak extract':>14}{'peak fwd':>10}"
-        f"{'tracemalloc':>13}{'cpu ms/item ext':>17}{'fwd':>6}{'ratio':>7}"
+        f"{'backbone':<20}{'variant':<13}{'batch':>6}{'items/s':>9}{'x eager':>9}"
+        f"{'fwd/s':>8}{'pipe/fwd':>10}{'peak RSS':>10}{'1-worst cos':>12}{'load s':>8}"
+        f"{'cpu ms/item':>13}{'fwd':>6}"
     )
     print(head)
     print("-" * len(head))
-    for r in rows:
-        ext = r["n"] / r["extract_s"]
-        fwd = r["n"] / r["forward_s"]
-        fwd_peak = f"{r['forward_peak_mb']:.0f} MB" if r["forward_peak_mb"] else "n/a"
-        print(
-            f"{r['backbone']:<20}{r['n']:>6}{ext:>11.1f}{fwd:>11.1f}{fwd / ext:>7.2f}"
-            f"{r['prepare_s']:>8.2f}{r['rss_loaded_mb']:>8.0f} MB{r['extract_peak_mb']:>11.0f} MB"
-            f"{fwd_peak:>10}{r['tracemalloc_peak_mb']:>10.1f} MB"
-            f"{1000 * r['extract_cpu'] / r['n']:>17.0f}{1000 * r['forward_cpu'] / r['n']:>6.0f}"
-            f"{r['extract_cpu'] / r['forward_cpu']:>7.2f}"
-        )
-    for r in rows:
-        if r.get("failed"):
-            print(f"{r['backbone']}: {r['failed']} pictures could not be decoded")
+    for res in results:
+        for r in res["rows"]:
+            peak = f"{r['peak_mb']:.0f} MB" if r["peak_mb"] else "n/a"
+            print(
+                f"{r['backbone']:<20}{r['variant']:<13}{r['batch']:>6}{r['items_s']:>9.1f}"
+                f"{r['vs_eager']:>9.2f}{r['forward_s']:>8.1f}{r['pipe_fwd']:>10.2f}"
+                f"{peak:>10}{1 - r['worst_cos']:>12.1e}{r['build_s']:>8.1f}"
+                f"{r['cpu_ms']:>13.0f}{r['fwd_cpu_ms']:>6.0f}"
+            )
     print(
-        "extract/s: items/s of a full extraction into an empty cache; forward/s: the forward "
-        "pass alone on pre-built batches; ratio = forward/s ÷ extract/s. prep s: seconds to "
-        "decode+preprocess (images) or truncate+tokenise (texts) all items outside the "
-        "forward pass. RSS model: resident set after loading the backbone; peak extract / "
-        "peak fwd: peak resident set during each phase"
-        + ("" if rows[0]["peak_reset"] else " (process peak: reset not allowed)")
-        + "; tracemalloc: peak Python/numpy allocations of one extraction; cpu ms/item: "
-        "process CPU time (all threads) per item of extraction and of the forward pass, "
-        "and their ratio (robust to other load on the machine; excludes I/O waits)."
+        "items/s: a full extraction into an empty cache; x eager: its ratio to the first "
+        "variant; fwd/s: the backend's forward pass alone on pre-built batches; pipe/fwd: "
+        "items/s ÷ fwd/s; peak RSS: the process's peak resident set during the extraction "
+        "(both backends loaded); 1-worst cos: 1 minus the lowest cosine similarity "
+        "of an item's features to the first variant's (0: identical); load s: loading the weights and (onnx) building "
+        "and checking the export, once, untimed above; cpu ms/item: process CPU time (all "
+        "threads) per item of the extraction and of the forward pass alone (robust to other "
+        "load on the machine)."
     )
 
 

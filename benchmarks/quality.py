@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from huse.dataset import DataConfig, build_feature_set
-from huse.evaluate import DIRECTIONS, evaluate_raw, summary_scores
+from huse.evaluate import CROSS, DIRECTIONS, evaluate_raw, summary_scores
 from huse.methods import list_methods, resolve_config
 from huse.runs import fit_features
 
@@ -29,6 +29,11 @@ def flat(m: dict) -> dict[str, float | None]:
     for d in DIRECTIONS:
         row.update({f"{d}_{k}": v for k, v in m["retrieval"][d].items()})
         row.update({f"{d}_{k}": v for k, v in m["hierarchical"][d].items()})
+    for d in CROSS:
+        inst = (m.get("instance") or {}).get(d) or {}
+        row.update({f"inst_{d}_{k}": v for k, v in inst.items()})
+    for d in DIRECTIONS:
+        row[f"{d}_nDCG@10"] = ((m.get("graded") or {}).get(d) or {}).get("nDCG@10")
     row.update(summary_scores(m))
     sev = m["mistake_severity"].get("fusion") or {}
     row["severity_fusion"] = sev.get("mistake_severity")
@@ -54,8 +59,9 @@ def run_dataset(name: str, manifest: str, methods, seeds, epochs, split: str, ov
             rows.setdefault(method, []).append(row)
             s = summary_scores(m)
             print(
-                f"[{name}] {method:12s} seed {seed}: cross R@1 {s['cross_R@1']:.3f} "
-                f"HP@5 {s['mean_HP@5']:.3f} fusion {s['fusion'] if s['fusion'] is None else round(s['fusion'], 3)} "
+                f"[{name}] {method:12s} seed {seed}: xR@1 {s['instance_xR@1']:.3f} "
+                f"cross R@1 {s['cross_R@1']:.3f} HP@5 {s['mean_HP@5']:.3f} "
+                f"nDCG@10 {s['mean_nDCG@10']:.3f} fusion {s['fusion'] if s['fusion'] is None else round(s['fusion'], 3)} "
                 f"({res.epochs_run} ep, {res.stopped}, {row['train_seconds']:.0f}s)",
                 flush=True,
             )
@@ -77,7 +83,21 @@ def _ms(vals) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
 
 
+# The every-level headline: the item (instance xR@1), its class (class-level cross R@1),
+# its relatives (mean HP@5), and the graded figure over all three (mean nDCG@10).
+HEADLINE = [
+    ("instance xR@1", "instance_xR@1"),
+    ("class cross R@1", "cross_R@1"),
+    ("mean HP@5", "mean_HP@5"),
+    ("mean nDCG@10", "mean_nDCG@10"),
+    ("acc fusion", "acc_fusion"),
+]
+
 COLUMNS = [
+    ("instance xR@1", "instance_xR@1"),
+    *[(f"inst {d} {k}", f"inst_{d}_{k}") for d in CROSS for k in ("R@1", "R@5", "R@10", "MedR")],
+    ("mean nDCG@10", "mean_nDCG@10"),
+    *[(f"{d} nDCG@10", f"{d}_nDCG@10") for d in DIRECTIONS],
     ("cross R@1", "cross_R@1"),
     ("mean HP@5", "mean_HP@5"),
     ("acc img", "acc_image"),
@@ -125,8 +145,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     out = {}
     if args.from_json:
+        # Runs of one dataset split over several files (e.g. one per method) are merged.
         for f in args.from_json:
-            out.update(json.loads(Path(f).read_text()))
+            for name, ds in json.loads(Path(f).read_text()).items():
+                if name not in out:
+                    out[name] = ds
+                    continue
+                for method, runs in ds["rows"].items():
+                    if method == "raw backbones":  # the same in every file
+                        out[name]["rows"].setdefault(method, runs)
+                    else:  # e.g. one file per seed
+                        out[name]["rows"].setdefault(method, []).extend(runs)
     else:
         for name, manifest in (("stripped", args.stripped), ("raw", args.raw)):
             if manifest is None:
@@ -134,6 +163,7 @@ def main() -> None:
             out[name] = run_dataset(
                 name, manifest, args.methods, args.seeds, args.epochs, args.split, {}
             )
+            print(table(out[name], HEADLINE))
             print(table(out[name]))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
@@ -144,8 +174,11 @@ def main() -> None:
                 f"### {name} texts — {ds['items']} items, {ds['classes']} classes, "
                 f"splits {ds['splits']}, seeds {args.seeds}, {args.split} split\n"
             )
-            md.append(table(ds))
+            md.append(table(ds, HEADLINE))
             md.append("")
+            md.append("<details><summary>every figure</summary>\n")
+            md.append(table(ds))
+            md.append("\n</details>\n")
         block = "\n".join(md)
         p = Path(args.results)
         text = p.read_text() if p.exists() else f"{BEGIN}\n{END}\n"

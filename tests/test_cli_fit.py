@@ -54,7 +54,8 @@ def runs(subset, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # steadier than two threads on shared CI cores
     try:
-        assert main(_fit(subset, root / "huse", cache, "huse")) == 0
+        # The first run also builds its index (fit --index), as `make demo` does.
+        assert main([*_fit(subset, root / "huse", cache, "huse"), "--index"]) == 0
         shards = sorted(p.name for p in cache.rglob("shard-*.npz"))
         calls = {"image": 0, "text": 0}
         image_forward, text_forward = EfficientNetLite.forward, HFTextEncoder.forward
@@ -173,6 +174,17 @@ def test_a_fitted_run_loads_and_encodes(runs):
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     top = model.classify(texts=["a bird on a branch"], top_k=3)[0]
     assert len(top) == 3 and sum(p for _, p in top) <= 1 + 1e-6
+    # The real backbones: one string is one vector (not one per character), as in a list.
+    one = model.encode_text("a bird on a branch")
+    assert one.shape == (512,)
+    np.testing.assert_allclose(one, v[0], atol=1e-5)
+    assert [c for c, _ in model.classify(texts="a bird on a branch", top_k=3)] == [
+        c for c, _ in top
+    ]
+    image = str(DEMO / pd.read_csv(DEMO / "manifest_stripped.csv")["image"].iloc[0])
+    np.testing.assert_allclose(
+        model.encode_image(image), model.encode_image(p for p in [image])[0], atol=1e-5
+    )
 
 
 def test_cli_feature_defaults_are_the_library_defaults():
@@ -210,3 +222,55 @@ def test_cli_training_flags_reach_the_config():
         build_parser().parse_args(["train", "f", "--out", "o", "--preset", "paper"])
     )
     assert paper.input_dropout == 0.0
+
+
+def test_fit_index_builds_the_catalogue_index(runs):
+    from huse.index import load_index
+
+    run = runs["root"] / "huse"
+    index = load_index(run / "index")
+    assert len(index) == 120
+    assert index.info["factory"] == "Flat"  # auto: exact search for a small catalogue
+    # Built with the model just trained, over the manifest it was trained on.
+    from huse.index import model_fingerprint
+
+    assert index.info["model"]["sha256"] == model_fingerprint(run / "model")
+    assert index.info["manifest"] == json.loads((run / "run.json").read_text())["manifest"]
+    for other in ("notebook", "contrastive"):  # fitted without --index
+        assert not (runs["root"] / other / "index").exists()
+
+
+def test_search_many_queries_at_once_gives_json_lines(runs, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    from huse.search import Searcher
+
+    run = runs["root"] / "huse"
+    queries = ["a bird on a branch", "a red sports car", "", "!!!", "a flag"]
+    path = tmp_path / "q.txt"
+    path.write_text("\n".join(queries) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    # One line had no words: the others are answered, and the exit status says so.
+    assert main(["search", str(run), "--queries", str(path), "-k", "3", "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 4, 5]  # the blank line is skipped
+    assert "no words" in records[2]["error"] and "results" not in records[2]
+    assert err.strip() == "error: 1 of 4 queries had no words to search"
+    searcher = Searcher.from_run(run)
+    for r in (records[0], records[1], records[3]):
+        text = queries[r["line"] - 1]
+        assert r["query"] == {"text": text, "k": 3, "modality": "image"}
+        one = [h.to_dict() for h in searcher.search_text(text, 3)]
+        assert [h["id"] for h in r["results"]] == [h["id"] for h in one]
+        assert [h["score"] for h in r["results"]] == pytest.approx(
+            [h["score"] for h in one], abs=1e-5
+        )
+    # From stdin, with --quiet: nothing on stderr.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a flag\n"))
+    assert main(["search", str(run), "--queries", "-", "-k", "2", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    assert [h["id"] for h in rec["results"]] == [h["id"] for h in records[3]["results"][:2]]
+    assert err == ""

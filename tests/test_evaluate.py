@@ -81,7 +81,12 @@ def test_summary_scores_by_hand():
         0.9,
     )
     s = summary_scores(m)
-    assert s == pytest.approx({"cross_R@1": 0.5, "mean_HP@5": 0.5, "mean_R@1": 0.55, "fusion": 0.9})
+    want = {"cross_R@1": 0.5, "mean_HP@5": 0.5, "mean_R@1": 0.55, "fusion": 0.9}
+    # Metrics written before the instance and graded figures existed still summarise.
+    assert s == pytest.approx(want | {"instance_xR@1": None, "mean_nDCG@10": None})
+    m["instance"] = {"xR@1": 0.3}
+    m["graded"] = {"mean_nDCG@10": 0.7}
+    assert summary_scores(m) == pytest.approx(want | {"instance_xR@1": 0.3, "mean_nDCG@10": 0.7})
 
 
 def test_summary_scores_skip_missing_directions():
@@ -184,6 +189,15 @@ def test_evaluate_net_on_a_hand_built_net(classifier):
     assert m["mistake_severity"]["i2i"]["mistake_severity"] == 2.0
     assert m["mistake_severity"]["i2t"]["mistake_severity"] == 2.0
     assert m["mistake_severity"]["t2t"]["mistake_severity"] is None
+    # Own pairs. i2t ranks 1, 2, 1, 4, 1, 2, 1, 2: the two texts of a class are equal, so
+    # the second item's own text ties the first's and ranks 2nd; item 3's image is nearest
+    # to the two a<x texts and then ties its own text with item 2's. t2i ranks 1, 2, 1, 2, ...
+    inst = m["instance"]
+    assert inst["i2t"] == pytest.approx({"R@1": 0.5, "R@5": 1.0, "R@10": 1.0, "MedR": 1.5})
+    assert inst["t2i"] == pytest.approx({"R@1": 0.5, "R@5": 1.0, "R@10": 1.0, "MedR": 1.5})
+    assert inst["xR@1"] == pytest.approx(0.5)
+    assert set(m["graded"]) == {*DIRECTIONS, "mean_nDCG@10"}
+    assert all(0 < m["graded"][d]["nDCG@10"] <= 1 for d in DIRECTIONS)
 
 
 def test_evaluate_net_fusion_follows_the_weight():
@@ -219,6 +233,13 @@ def test_evaluate_raw_is_in_modal_only():
     for d in ("i2t", "t2i"):  # two different spaces: no cross-modal figures
         assert set(m["retrieval"][d].values()) == {None}
         assert set(m["hierarchical"][d].values()) == {None}
+        assert set(m["instance"][d].values()) == {None}
+        assert m["graded"][d]["nDCG@10"] is None
+    assert m["instance"]["xR@1"] is None
+    assert m["graded"]["i2i"]["nDCG@10"] is not None
+    assert m["graded"]["mean_nDCG@10"] == pytest.approx(
+        (m["graded"]["i2i"]["nDCG@10"] + m["graded"]["t2t"]["nDCG@10"]) / 2
+    )
 
 
 # --- the metrics' shape on a trained net -------------------------------------------------
@@ -267,7 +288,16 @@ def test_evaluate_net_has_exactly_the_issue_keys(make_feature_set, classifier):
         "retrieval",
         "hierarchical",
         "mistake_severity",
+        "instance",
+        "graded",
     }
+    assert set(m["instance"]) == {"i2t", "t2i", "xR@1"}
+    for d in ("i2t", "t2i"):
+        assert set(m["instance"][d]) == {"R@1", "R@5", "R@10", "MedR"}
+        assert m["instance"][d]["MedR"] >= 1
+    assert set(m["graded"]) == {*DIRECTIONS, "mean_nDCG@10"}
+    assert is_unit(m["graded"]["mean_nDCG@10"]) and m["graded"]["mean_nDCG@10"] is not None
+    assert all(is_unit(m["graded"][d]["nDCG@10"]) for d in DIRECTIONS)
     assert set(m["classification"]) == {"image", "text", "fusion"}
     assert all(is_unit(v) for v in m["classification"].values())
     assert m["classification"]["fusion"] is not None
@@ -305,7 +335,12 @@ def test_an_empty_split_gives_every_key_with_no_value(make_feature_set, classifi
     for part in ("retrieval", "hierarchical"):
         assert m[part] == {d: dict.fromkeys(full[part][d]) for d in DIRECTIONS}
     assert m["mistake_severity"] == dict.fromkeys(full["mistake_severity"])
-    assert summary_scores(m) == dict.fromkeys(("cross_R@1", "mean_HP@5", "mean_R@1", "fusion"))
+    for part in ("instance", "graded"):
+        assert m[part].keys() == full[part].keys()
+    assert m["instance"]["i2t"] == dict.fromkeys(full["instance"]["i2t"])
+    assert summary_scores(m) == dict.fromkeys(
+        ("cross_R@1", "mean_HP@5", "mean_R@1", "fusion", "instance_xR@1", "mean_nDCG@10")
+    )
     raw = evaluate_raw(fs, "no-such-split")
     assert raw["classification"] == {"image": None, "text": None, "fusion": None}
     assert raw["retrieval"]["i2i"]["R@1"] is None

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,8 @@ def test_resolve_order_preset_then_method_then_overrides():
 def test_paper_preset_pins_every_beyond_paper_knob():
     cfg = resolve_config("huse", "paper")
     assert cfg.margin == 0.5 and cfg.logit_scale == 1.0 and cfg.hier_smoothing == 0.0
-    assert cfg.input_dropout == 0.0 and cfg.delta == 0.0
+    assert cfg.input_dropout == 0.0 and cfg.delta == 0.0 and cfg.instance_weight == 0.0
+    assert cfg.monitor == "mean_R@1"
     assert cfg.graph_scale == 1.0 and cfg.graph_cross_only is False and cfg.ema_decay == 0.0
     assert set(PRESETS["paper"]) <= {f for f in TrainConfig.__dataclass_fields__}
 
@@ -51,6 +54,10 @@ def test_unknown_method_and_preset():
         ("fusion_weight", 1.5, "fusion_weight 1.5: in [0, 1]"),
         ("optimizer", "sgd", "optimizer 'sgd': one of adamw, rmsprop"),
         ("ema_decay", 1.0, "ema_decay 1.0: in [0, 1)"),
+        ("instance_weight", -1.0, "instance_weight -1.0: 0 or more"),
+        ("instance_temperature", 0.0, "instance_temperature 0.0: greater than 0"),
+        ("instance_same_class_weight", 0.0, "instance_same_class_weight 0.0: in (0, 1]"),
+        ("monitor", "accuracy", "monitor 'accuracy': one of"),
     ],
 )
 def test_settings_out_of_range_are_one_clear_error(field, value, said):
@@ -86,3 +93,23 @@ def test_graph_scale_leaves_hierarchy_smoothing_alone():
 def test_graph_cross_only_reaches_the_loss():
     assert _graph_loss().cross_only is False
     assert _graph_loss(graph_cross_only=True).cross_only is True
+
+
+def test_instance_settings_reach_the_loss():
+    cfg = resolve_config(
+        "huse", instance_weight=0.5, instance_temperature=0.2, instance_margin=0.1,
+        instance_same_class_weight=0.25,
+    )  # fmt: skip
+    loss = get_method("huse").build_loss(cfg, GRAPH, CLASS_EMB)
+    assert loss.instance_weight == 0.5
+    inst = loss.instance_loss
+    assert inst.scale == pytest.approx(5.0) and inst.margin == 0.1
+    assert inst.log_same == pytest.approx(math.log(0.25))
+    off = get_method("huse").build_loss(resolve_config("huse", instance_weight=0.0), GRAPH, None)
+    assert off.instance_loss is None
+
+
+def test_baselines_refuse_the_instance_term():
+    with pytest.raises(ConfigError, match="does not use instance_weight"):
+        resolve_config("shared", instance_weight=1.0)
+    assert resolve_config("shared", monitor="mean_nDCG@10").monitor == "mean_nDCG@10"

@@ -566,11 +566,15 @@ def real_model_dir(tmp_path_factory):
 
 def test_classify_without_a_usable_classifier_says_why(monkeypatch):
     model = make_model("concat")
-    monkeypatch.setattr(model, "encode_text", lambda texts: np.eye(len(texts), 32, dtype="f4"))
+    monkeypatch.setattr(
+        model, "encode_text", lambda texts, *a, **k: np.eye(len(texts), 32, dtype="f4")
+    )
     with pytest.raises(ValueError, match="no classifier for this input"):
         model.classify(texts=["an apple"])
     fused = make_model("shared")
-    monkeypatch.setattr(fused, "encode_text", lambda texts: np.eye(len(texts), 32, dtype="f4"))
+    monkeypatch.setattr(
+        fused, "encode_text", lambda texts, *a, **k: np.eye(len(texts), 32, dtype="f4")
+    )
     row = fused.classify(texts=["an apple"], top_k=3)[0]
     assert sorted(n for n, _ in row) == sorted(CLASSES)
     assert sum(p for _, p in row) == pytest.approx(1.0, abs=1e-6)

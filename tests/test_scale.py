@@ -64,15 +64,16 @@ def test_gap_stats_without_the_pair_matrix():
 
 
 def test_cross_similarities_sample_large_sets():
-    from huse.report.analysis import cross_similarities
+    from huse.report.analysis import COSINE_GROUPS, cross_similarities
 
     rng = np.random.default_rng(1)
     img, txt = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
     labels = rng.integers(0, 3, 50)
-    pairs, same, other = cross_similarities(img, txt, labels, limit=20)
-    assert len(pairs) == 20 and len(same) + len(other) == 20 * 20 - 20
-    pairs, same, other = cross_similarities(img, txt, labels)
-    np.testing.assert_allclose(pairs, (img * txt).sum(1))
+    groups = cross_similarities(img, txt, labels, limit=20)
+    own = groups.pop(COSINE_GROUPS[0])
+    assert len(own) == 20 and sum(len(v) for v in groups.values()) == 20 * 20 - 20
+    full = cross_similarities(img, txt, labels)
+    np.testing.assert_allclose(full[COSINE_GROUPS[0]], (img * txt).sum(1))
 
 
 def test_column_mean_std_streams_blocks():

@@ -216,3 +216,133 @@ def test_cli_run_and_out_mistakes_are_one_line(tiny_run, tmp_path, capsys):
     err = one_error_line(capsys)
     assert "could not parse" in err and "PQ" not in err
     assert not (tmp_path / "i").exists()
+
+
+# -- a living catalogue: updates and filters ---------------------------------------------
+def _manifests(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """The run's manifest changed: 3 rows removed, 2 texts changed, 3 items added (one of
+    a class the model never saw); and a second change on top of it."""
+    base = pd.read_csv(tiny_run.parent / "manifest.csv")
+    demo = pd.read_csv(DEMO / "manifest_stripped.csv")
+    demo["image"] = [str(DEMO / p) for p in demo["image"]]
+    fresh = demo[~demo["id"].isin(base["id"])].head(3).copy()
+    fresh["split"] = "train"
+    fresh.loc[fresh.index[2], "classes"] = "novelty<gadgets"
+    m2 = base.drop(index=base.index[[0, 5, 9]]).copy()
+    m2.loc[m2.index[[3, 4]], "text"] = "a completely different description of it"
+    m2 = pd.concat([m2, fresh], ignore_index=True)
+    p2 = tmp_path / "m2.csv"
+    m2.to_csv(p2, index=False)
+    m3 = m2.iloc[1:].copy()
+    m3.loc[m3.index[0], "text"] = "changed again"
+    p3 = tmp_path / "m3.csv"
+    m3.to_csv(p3, index=False)
+    return p2, p3, {"removed": base["id"].iloc[[0, 5, 9]].tolist(), "new": fresh["id"].tolist()}
+
+
+def _vectors_by_id(index) -> dict[str, np.ndarray]:
+    ids = index.items["id"].tolist()
+    both = [index.indexes[m].reconstruct_n(0, len(ids)) for m in ("image", "text")]
+    return {i: np.concatenate([both[0][r], both[1][r]]) for r, i in enumerate(ids)}
+
+
+def test_cli_update_adds_changes_removes_like_a_fresh_build(tiny_run, tmp_path, capsys):
+    ix, fresh_ix = tmp_path / "ix", tmp_path / "fresh"
+    assert run_cli(["index", str(tiny_run), "--out", str(ix), "--quiet"]) == 0
+    p2, _, what = _manifests(tiny_run, tmp_path)
+    capsys.readouterr()
+    assert run_cli(["index", str(tiny_run), "--update", str(p2), "--out", str(ix), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "3 added, 2 changed, 3 removed, 111 unchanged; 116 items now" in out, out
+
+    assert run_cli(["index", str(tiny_run), "--manifest", str(p2), "--out", str(fresh_ix)]) == 0
+    updated, fresh = load_index(ix), load_index(fresh_ix)
+    assert sorted(updated.items["id"]) == sorted(fresh.items["id"])
+    assert not set(what["removed"]) & set(updated.items["id"])
+    a, b = _vectors_by_id(updated), _vectors_by_id(fresh)
+    for item_id, v in b.items():
+        np.testing.assert_allclose(a[item_id], v, atol=1e-5)
+    cols = ["id", "text", "classes", "content"]
+    key = updated.items[cols].sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(key, fresh.items[cols].sort_values("id").reset_index(drop=True))
+
+    # The item of a class the model never saw is embedded, found, and shown with its class.
+    s = Searcher.from_run(tiny_run, index=ix)
+    novel = updated.items.set_index("id").loc[what["new"][2]]
+    hits = s.search_image(novel["image"], k=3)
+    assert hits[0].id == what["new"][2] and hits[0].classes == "novelty<gadgets"
+    hits = s.search_text("gadget", k=5, under=["novelty"])
+    assert [h.id for h in hits] == [what["new"][2]]
+
+    # Nothing left to do: said so, nothing written.
+    before = (ix / "index.json").stat().st_mtime_ns
+    assert run_cli(["index", str(tiny_run), "--update", str(p2), "--out", str(ix), "--quiet"]) == 0
+    assert "up to date: 0 added, 0 changed, 0 removed, 116 unchanged" in capsys.readouterr().out
+    assert (ix / "index.json").stat().st_mtime_ns == before
+    # --keep-missing keeps what the manifest no longer lists.
+    _, p3, _ = _manifests(tiny_run, tmp_path)
+    argv = ["index", str(tiny_run), "--update", str(p3), "--out", str(ix), "--keep-missing"]
+    assert run_cli([*argv, "--quiet"]) == 0
+    assert "0 added, 1 changed, 0 removed, 114 unchanged; 116 items now" in capsys.readouterr().out
+    # --retrain trains the type anew on every item: the same items, one segment.
+    argv = ["index", str(tiny_run), "--update", str(p3), "--out", str(ix), "--retrain"]
+    assert run_cli([*argv, "--keep-missing", "--quiet"]) == 2
+    assert "--keep-missing" in one_error_line(capsys)
+    assert run_cli([*argv, "--quiet"]) == 0
+    assert "rebuilt (retrained) index: 0 added, 0 changed, 1 removed, 115 unchanged" in (
+        capsys.readouterr().out
+    )
+    assert len(load_index(ix)) == 115 and "segments" not in load_index(ix).info
+
+
+def test_a_killed_update_leaves_the_old_index_and_a_rerun_completes_it(tiny_run, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ix = tmp_path / "ix"
+    assert run_cli(["index", str(tiny_run), "--out", str(ix), "--quiet"]) == 0
+    before = load_index(ix)
+    p2, _, _ = _manifests(tiny_run, tmp_path)
+    # Killed at the worst moment: the new folder fully written, not yet swapped in.
+    code = (
+        "import os, signal, sys; import huse.index as I\n"
+        "I._swap_in = lambda tmp, path: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from huse.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["index", str(tiny_run), "--update", str(p2), "--out", str(ix), "--quiet"]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    after = load_index(ix)  # every checksum verified
+    pd.testing.assert_frame_equal(after.items, before.items)
+    assert sorted(p.name for p in ix.iterdir()) == sorted(["index.json", *after.info["files"]])
+    # The rerun does the whole update (the killed run's half is not trusted).
+    assert run_cli(argv) == 0
+    done = load_index(ix)
+    assert len(done) == 116 and "a completely different description of it" in set(
+        done.items["text"]
+    )
+
+
+def test_cli_search_within_a_branch(tiny_run, capsys):
+    argv = ["search", str(tiny_run), "--text", "a bird", "-k", "5", "--json"]
+    assert run_cli([*argv, "--under", "animals"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["query"]["under"] == ["animals"] and len(res["results"]) == 5
+    assert all(r["class"].startswith("animals<") for r in res["results"])
+    # Exactly the branch's top 5 by brute force over the index's own vectors.
+    index = load_index(tiny_run / "index")
+    s = Searcher.from_run(tiny_run)
+    v = index.indexes["image"].reconstruct_n(0, len(index)) @ s.embed_text("a bird")[0]
+    branch = index.items["classes"].str.startswith("animals<").to_numpy()
+    top = np.argsort(-np.where(branch, v, -np.inf))[:5]
+    assert [r["id"] for r in res["results"]] == index.items["id"].iloc[top].tolist()
+
+    assert run_cli([*argv[:-1], "-k", "10", "--class", "animals<birds", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {r["class"] for r in res["results"]} == {"animals<birds"}
+    assert len(res["results"]) == 4  # the class holds 4 items; asked for 10
+    assert run_cli([*argv, "--under", "anim"]) == 2  # a branch ends at the separator
+    assert "did you mean 'animals" in one_error_line(capsys)

@@ -206,10 +206,16 @@ def test_train_log_has_one_row_per_epoch_with_the_loss_terms(tmp_path, fs, graph
         rows = list(csv.DictReader(f))
     assert len(rows) == 4
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
-    for col in ("train_cls", "train_graph", "train_gap", "train_total", "val_score", "seconds"):
+    cols = ("train_cls", "train_graph", "train_gap", "train_instance", "train_total", "val_score")
+    for col in (*cols, "val_instance_xR@1", "val_mean_nDCG@10", "seconds"):
         assert col in rows[0], col
+    eta = cfg("huse").instance_weight
+    assert eta > 0  # the default huse objective has the instance term
     for row, h in zip(rows, r.history):
-        total = 1.0 * float(row["train_cls"]) + float(row["train_graph"]) + float(row["train_gap"])
+        total = (
+            float(row["train_cls"]) + float(row["train_graph"]) + float(row["train_gap"])
+            + eta * float(row["train_instance"])
+        )  # fmt: skip
         assert float(row["train_total"]) == pytest.approx(total, rel=1e-5)
         assert float(row["train_total"]) == pytest.approx(h["train_total"])
 

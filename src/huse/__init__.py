@@ -6,6 +6,7 @@ first used.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huse.errors import HuseError
@@ -13,6 +14,7 @@ from huse.errors import HuseError
 __version__ = "0.1.0"
 
 __all__ = [
+    "HUSEModel",
     "HuseError",
     "Searcher",
     "__version__",
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 # Public name → the module that defines it, imported on first use.
 _LAZY = {
+    "HUSEModel": "huse.model",
     "Searcher": "huse.search",
     "evaluate_run": "huse.runs",
     "fit": "huse.runs",
@@ -42,9 +45,15 @@ _LAZY = {
 }
 
 
-def load(path: str, device: str = "cpu") -> HUSEModel:
-    """Load a trained model: a run folder or its ``model/`` (see ``huse.model.HUSEModel``),
-    embedding on ``device``."""
+def load(path: str | Path, device: str | None = None) -> HUSEModel:
+    """Load a trained model: a run folder or its ``model/`` (see ``huse.model.HUSEModel``).
+
+    ``device``: where it embeds (``cpu``, ``cuda``, ``cuda:1``...); None: a CUDA GPU when
+    torch sees one, else the CPU.
+
+    Raises:
+        huse.errors.RunError: the path does not exist, is not a model, or is damaged.
+    """
     from huse.model import HUSEModel
 
     return HUSEModel.load(path, device=device)

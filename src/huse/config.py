@@ -16,6 +16,7 @@ The structure follows the data's way through huse::
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -32,6 +33,11 @@ Optimizer = Literal["adamw", "rmsprop"]
 GraphSource = Literal["names", "tree", "mix"]
 ImageFit = Literal["pad", "crop"]
 TextPooling = Literal["last4", "mean", "cls", "model"]
+# The backbones huse.backbones registers by name (besides the hf: prefix), for --help.
+IMAGE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
+TEXT_BACKBONES = ("minilm-l6",)
+Backend = Literal["auto", "torch", "onnx"]
+Monitor = Literal["mean_R@1", "mean_nDCG@10", "instance_xR@1", "mean_HP@5"]
 
 
 def _positive(obj: object, *names: str, strict: bool = True) -> list[str]:
@@ -49,6 +55,16 @@ def _finite(obj: object) -> list[str]:
         for f in fields(obj)  # type: ignore[arg-type]
         if isinstance(getattr(obj, f.name), float) and not math.isfinite(getattr(obj, f.name))
     ]
+
+
+def _device_problem(obj: object) -> list[str]:
+    """``device`` spelled as torch names a device (cpu, cuda, cuda:1, mps...), checked
+    without torch so that a typo fails before any work; whether it exists here is checked
+    where it is used (``huse.model.check_device``)."""
+    v = obj.device  # type: ignore[attr-defined]
+    if isinstance(v, str) and re.fullmatch(r"(cpu|cuda|mps|xpu|hip|meta)(:\d+)?", v):
+        return []
+    return [f"device {v!r}: a torch device such as cpu, cuda or cuda:1"]
 
 
 def _raise(what: str, bad: list[str]) -> None:
@@ -117,10 +133,14 @@ class DataConfig:
     split: SplitConfig = setting(default_factory=SplitConfig)
     # lite2 over lite0: +0.02 validation R@1 and HP@5 on Openclipart for ~2× extraction time.
     image_backbone: str = setting(
-        "efficientnet-lite2", "image backbone: a registered name or hf:<model id or folder>"
+        "efficientnet-lite2",
+        f"image backbone: {', '.join(IMAGE_BACKBONES)} or hf:<model id or folder> "
+        "(`huse backbones` lists them)",
     )
     text_backbone: str = setting(
-        "minilm-l6", "text backbone: a registered name or hf:<model id or folder>"
+        "minilm-l6",
+        f"text backbone: {', '.join(TEXT_BACKBONES)} or hf:<model id or folder> "
+        "(`huse backbones` lists them)",
     )
     image_fit: ImageFit | None = setting(
         None, "pad: letterbox on white (the default); crop: the model's own resize and crop"
@@ -144,6 +164,14 @@ class DataConfig:
     bf16: bool | None = setting(
         None, "half precision for the backbones on a CUDA device (default: where supported)"
     )
+    # auto: ONNX Runtime on a CPU where installed (~3x eager torch; features within
+    # huse.backbones.runtime.TOLERANCE, so one cache serves both); hf: backbones run on torch.
+    backend: Backend = setting(
+        "auto", "inference backend of the offline backbones: auto (onnx on a CPU), torch, onnx"
+    )
+    threads: int | None = setting(
+        None, "intra-op threads of the backbones' forward pass (default: every CPU for onnx)"
+    )
     max_image_file_bytes: int = setting(
         DEFAULT_MAX_IMAGE_FILE_BYTES, "image files larger than this are skipped unread"
     )
@@ -155,6 +183,9 @@ class DataConfig:
                 bad.append(f"{name} {getattr(self, name)!r}: at least 1")
         bad += _positive(self, "num_workers", strict=False)
         bad += _positive(self, "max_image_file_bytes")
+        if self.threads is not None and self.threads < 1:
+            bad.append(f"threads {self.threads!r}: at least 1")
+        bad += _device_problem(self)
         _raise("data settings", bad)
 
     @classmethod
@@ -164,13 +195,30 @@ class DataConfig:
         d["split"] = SplitConfig(**d.get("split", {}))
         return cls(**d)
 
+    def _runtime_options(self, name: str) -> dict:
+        # Hub backbones run on torch and take no backend: "auto" leaves them alone, an
+        # explicit choice reaches them (and get_backbone refuses it in one line).
+        if name.startswith("hf:") and self.backend == "auto":
+            return {"threads": self.threads}
+        return {"backend": self.backend, "threads": self.threads}
+
     def image_options(self) -> dict:
         """Keyword options of ``get_backbone`` for the image backbone."""
-        return {"device": self.device, "image_fit": self.image_fit, "bf16": self.bf16}
+        return {
+            "device": self.device,
+            "image_fit": self.image_fit,
+            "bf16": self.bf16,
+            **self._runtime_options(self.image_backbone),
+        }
 
     def text_options(self) -> dict:
         """Keyword options of ``get_backbone`` for the text backbone."""
-        return {"device": self.device, "text_pooling": self.text_pooling, "bf16": self.bf16}
+        return {
+            "device": self.device,
+            "text_pooling": self.text_pooling,
+            "bf16": self.bf16,
+            **self._runtime_options(self.text_backbone),
+        }
 
 
 # -- training ------------------------------------------------------------------------------
@@ -206,6 +254,10 @@ class TrainConfig:
         15, "epochs without a better validation score before stopping", group=_OPT
     )
     min_epochs: int = setting(5, "never stop early before this many epochs", group=_OPT)
+    monitor: Monitor = setting(
+        "mean_R@1", "validation figure that early stopping follows (huse.evaluate.summary_scores)",
+        group=_OPT,
+    )  # fmt: skip
     ema_decay: float = setting(
         0.0, "average the weights with this decay per step (e.g. 0.99); 0 = off", group=_OPT
     )
@@ -236,6 +288,23 @@ class TrainConfig:
         0.0, "weight of a class-level cross-modal contrastive loss (beyond the paper)", group=_LOSS
     )
     xmodal_temperature: float = setting(0.1, "temperature of that loss", group=_LOSS)
+    instance_weight: float = setting(
+        0.0, "weight of the instance-level InfoNCE between an item's own image and text",
+        group=_LOSS,
+    )  # fmt: skip
+    instance_temperature: float = setting(
+        0.05, "temperature of the instance term (fixed)", group=_LOSS
+    )
+    instance_margin: float = setting(
+        0.0, "additive margin on the own pair's cosine in the instance term", group=_LOSS
+    )
+    instance_same_class_weight: float = setting(
+        1.0, "weight in (0, 1] of same-class negatives in the instance term", group=_LOSS
+    )
+    instance_other_class_weight: float = setting(
+        1.0, "weight in [0, 1] of other-class negatives in the instance term (0: classmates only)",
+        group=_LOSS,
+    )  # fmt: skip
     temperature: float = setting(
         0.07, "initial temperature of the contrastive method's InfoNCE (learned)", group=_LOSS
     )
@@ -284,6 +353,7 @@ def _train_problems(c: TrainConfig) -> list[str]:
     bad = _finite(c)
     if bad:
         return bad
+    bad += _device_problem(c)
 
     def need(ok: bool, name: str, what: str) -> None:
         if not ok:
@@ -292,6 +362,9 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(c.epochs >= 1, "epochs", "at least 1")
     need(c.batch_size >= 2, "batch_size", "at least 2 (the losses compare items of a batch)")
     bad += _positive(c, "lr", "margin", "xmodal_temperature", "temperature", "graph_scale")
+    bad += _positive(c, "instance_temperature")
+    bad += _positive(c, "instance_weight", "instance_margin", strict=False)
+    need(0 < c.instance_same_class_weight <= 1, "instance_same_class_weight", "in (0, 1]")
     bad += _positive(c, "logit_scale")
     bad += _positive(c, "weight_decay", "alpha", "beta", "gamma", "delta", strict=False)
     bad += _positive(c, "hier_smoothing", "patience", "min_epochs", "image_layers", strict=False)
@@ -304,7 +377,7 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(0 <= c.graph_tree_weight <= 1, "graph_tree_weight", "in [0, 1]")
     need(0 <= c.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
     for name, kind in (("method", MethodName), ("preset", PresetName), ("optimizer", Optimizer),
-                       ("graph_source", GraphSource)):  # fmt: skip
+                       ("graph_source", GraphSource), ("monitor", Monitor)):  # fmt: skip
         options = kind.__args__
         need(getattr(c, name) in options, name, f"one of {', '.join(options)}")
     return bad
@@ -327,6 +400,13 @@ class IndexConfig:
         None, "FAISS search parameters (nprobe=32, efSearch=256); default: by type"
     )
     seed: int = setting(0, "seed of the training sample")
+    # Only with `huse index RUN --update MANIFEST`:
+    keep_missing: bool = setting(
+        False, "an update keeps the indexed items that the manifest no longer lists"
+    )
+    retrain: bool = setting(
+        False, "an update re-trains the index type on every item (IVF lists sized anew)"
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or not self.factory.strip():
@@ -335,6 +415,11 @@ class IndexConfig:
             raise ConfigError(f"--train-size must be a whole number, not {self.train_size!r}")
         if self.train_size < 1:
             raise ConfigError(f"--train-size must be at least 1, not {self.train_size}")
+        if self.retrain and self.keep_missing:
+            raise ConfigError(
+                "--retrain rebuilds the index from the manifest's items, so it cannot keep "
+                "missing ones: drop --keep-missing, or add those items to the manifest"
+            )
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Evaluation of an embedding space on a split (SPEC §7), chunked throughout.
 
 Classification accuracy (image, text, fusion), class-level R@K and HP@K in the four
-directions i2i, i2t, t2i, t2t, mistake severity and hierarchical distance@k. Methods
-without a classifier are scored by the nearest training-class centroid, and say so.
+directions i2i, i2t, t2i, t2t, mistake severity and hierarchical distance@k; instance-level
+R@K and MedR (``instance``: an item's own image or text is the one answer) and graded
+nDCG@10 over every level (``graded``). Methods without a classifier are scored by the
+nearest training-class centroid, and say so.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import numpy as np
 import torch
 
 from huse.data.hierarchy import Hierarchy
-from huse.metrics import classification_metrics, retrieval_metrics
+from huse.metrics import (
+    classification_metrics,
+    graded_ndcg,
+    instance_retrieval,
+    retrieval_metrics,
+)
 from huse.model import HUSENet, ModelOutput
 
 if TYPE_CHECKING:
@@ -27,12 +34,19 @@ SIM_BUDGET = 2**25
 MIN_CHUNK_ROWS = 64
 HP_KS = (2, 5, 10)
 DIRECTIONS = ("i2i", "i2t", "t2i", "t2t")
+CROSS = ("i2t", "t2i")
+NDCG_K = 10
 
 
 @lru_cache(maxsize=8)
 def _hier_arrays(classes: tuple[str, ...], sep: str):
     h = Hierarchy(list(classes), sep=sep)
     return {k: h.hp_targets(k) for k in HP_KS}, h.distance_matrix()
+
+
+@lru_cache(maxsize=8)
+def _relevance(classes: tuple[str, ...], sep: str) -> np.ndarray:
+    return Hierarchy(list(classes), sep=sep).graded_relevance()
 
 
 def hierarchy_arrays(h: Hierarchy) -> tuple[dict[int, np.ndarray], np.ndarray]:
@@ -127,6 +141,55 @@ def space_metrics(
     return retrieval, hier, severity
 
 
+def level_metrics(
+    img: np.ndarray | None,
+    txt: np.ndarray | None,
+    labels: np.ndarray,
+    h: Hierarchy,
+    *,
+    chunk_size: int = 1024,
+    directions=DIRECTIONS,
+) -> tuple[dict, dict]:
+    """Instance-level retrieval (``i2t``, ``t2i``: R@K, MedR, and ``xR@1`` their mean R@1)
+    and graded nDCG@10 (each direction, and ``mean_nDCG@10`` over those computed).
+
+    Row ``i`` of ``img`` and ``txt`` is the same item. See ``metrics.instance_retrieval``
+    and ``metrics.graded_ndcg`` for the definitions; in-modal directions leave the query out.
+    """
+    spaces = {"i": img, "t": txt}
+    rel = _relevance(tuple(h.classes), h.sep)
+    instance: dict = {}
+    graded: dict = {}
+    for d in DIRECTIONS:
+        q, g = spaces[d[0]], spaces[d[2]]
+        usable = d in directions and q is not None and g is not None and len(labels) >= 2
+        cross = d in CROSS
+        if cross:
+            instance[d] = (
+                instance_retrieval(
+                    q, g, recall_ks=RECALL_KS, chunk_size=chunk_rows(len(g), chunk_size)
+                )
+                if usable
+                else {**dict.fromkeys(f"R@{k}" for k in RECALL_KS), "MedR": None}
+            )
+        value = None
+        if usable:
+            value = graded_ndcg(
+                q, labels, g, labels, rel,
+                pairing="cross" if cross else "self", k=NDCG_K,
+                chunk_size=chunk_rows(len(g), chunk_size),
+            )  # fmt: skip
+        graded[d] = {f"nDCG@{NDCG_K}": value}
+    instance["xR@1"] = _mean([instance[d]["R@1"] for d in CROSS])
+    graded[f"mean_nDCG@{NDCG_K}"] = _mean([graded[d][f"nDCG@{NDCG_K}"] for d in DIRECTIONS])
+    return instance, graded
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
 def class_scores(
     net: HUSENet, fs: FeatureSet, embedded: ModelOutput[np.ndarray], train_split: str = "train"
 ) -> tuple[dict[str, np.ndarray | None], str]:
@@ -163,6 +226,14 @@ def empty_metrics(mode: str) -> dict:
         "retrieval": {d: dict.fromkeys(f"R@{k}" for k in RECALL_KS) for d in DIRECTIONS},
         "hierarchical": {d: dict.fromkeys(f"HP@{k}" for k in HP_KS) for d in DIRECTIONS},
         "mistake_severity": {**none3, **dict.fromkeys(DIRECTIONS)},
+        "instance": {
+            **{d: {**dict.fromkeys(f"R@{k}" for k in RECALL_KS), "MedR": None} for d in CROSS},
+            "xR@1": None,
+        },
+        "graded": {
+            **{d: {f"nDCG@{NDCG_K}": None} for d in DIRECTIONS},
+            f"mean_nDCG@{NDCG_K}": None,
+        },
     }
 
 
@@ -200,15 +271,17 @@ def evaluate_net(
             "hdist@1": m["hdist@1"],
             "hdist@5": m["hdist@5"],
         }
-    retrieval, hier, sev = space_metrics(
-        embedded.image_embedding, embedded.text_embedding, labels, h, chunk_size=chunk_size
-    )
+    img, txt = embedded.image_embedding, embedded.text_embedding
+    retrieval, hier, sev = space_metrics(img, txt, labels, h, chunk_size=chunk_size)
+    instance, graded = level_metrics(img, txt, labels, h, chunk_size=chunk_size)
     return {
         "classification": cls,
         "classification_mode": cls_mode,
         "retrieval": retrieval,
         "hierarchical": hier,
         "mistake_severity": {**cls_sev, **sev},
+        "instance": instance,
+        "graded": graded,
     }
 
 
@@ -249,6 +322,9 @@ def evaluate_raw(fs: FeatureSet, split: str = "test", *, chunk_size: int = 1024)
     retrieval, hier, sev = space_metrics(
         img, txt, labels, h, chunk_size=chunk_size, directions=directions
     )
+    instance, graded = level_metrics(
+        img, txt, labels, h, chunk_size=chunk_size, directions=directions
+    )
     return {
         "shared_space": shared,
         "classification": cls,
@@ -256,21 +332,21 @@ def evaluate_raw(fs: FeatureSet, split: str = "test", *, chunk_size: int = 1024)
         "retrieval": retrieval,
         "hierarchical": hier,
         "mistake_severity": {**cls_sev, **sev},
+        "instance": instance,
+        "graded": graded,
     }
 
 
 def summary_scores(m: dict) -> dict[str, float | None]:
     """Headline numbers: cross-modal R@1 (mean i2t, t2i), mean HP@5 (four directions),
-    mean R@1 (four directions) and fusion accuracy."""
-
-    def mean(xs):
-        xs = [x for x in xs if x is not None]
-        return float(np.mean(xs)) if xs else None
-
+    mean R@1 (four directions), fusion accuracy, instance-level xR@1 and mean graded
+    nDCG@10 (None for metrics written before those existed)."""
     r = m["retrieval"]
     return {
-        "cross_R@1": mean([r["i2t"]["R@1"], r["t2i"]["R@1"]]),
-        "mean_HP@5": mean([m["hierarchical"][d]["HP@5"] for d in DIRECTIONS]),
-        "mean_R@1": mean([r[d]["R@1"] for d in DIRECTIONS]),
+        "cross_R@1": _mean([r["i2t"]["R@1"], r["t2i"]["R@1"]]),
+        "mean_HP@5": _mean([m["hierarchical"][d]["HP@5"] for d in DIRECTIONS]),
+        "mean_R@1": _mean([r[d]["R@1"] for d in DIRECTIONS]),
         "fusion": m["classification"]["fusion"],
+        "instance_xR@1": (m.get("instance") or {}).get("xR@1"),
+        f"mean_nDCG@{NDCG_K}": (m.get("graded") or {}).get(f"mean_nDCG@{NDCG_K}"),
     }

@@ -24,7 +24,9 @@ import stat
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -536,6 +538,49 @@ def _collate(batch):
     return batch
 
 
+# Batches decoded ahead of the one in the forward pass: enough to hide a slow picture,
+# few enough that the loader holds at most this many + 1 batches of pixels.
+PREFETCH_BATCHES = 2
+
+
+def default_decode_threads() -> int:
+    """Decoding threads when none are asked for: two (PIL and numpy release the GIL, so
+    they overlap the forward pass; more only take cores from it on a small machine)."""
+    return 2
+
+
+def _decoded(
+    units: Iterable[list[int]], ds: _ImageDataset, threads: int
+) -> Iterator[list[tuple[int, torch.Tensor | None, str]]]:
+    """Batches of ``ds`` items, in order, decoded by ``threads`` threads ahead of the consumer.
+
+    A unit is pulled from ``units`` (which claims it in the store) only when it is about
+    to be decoded, and at most ``PREFETCH_BATCHES`` wait decoded or decoding while the
+    caller runs the network on the last one yielded.
+    """
+    it = iter(units)
+    with ThreadPoolExecutor(threads, thread_name_prefix="huse-decode") as pool:
+        pending: deque[list] = deque()
+
+        def fill() -> None:
+            while len(pending) < PREFETCH_BATCHES:
+                unit = next(it, None)
+                if unit is None:
+                    return
+                pending.append([pool.submit(ds.__getitem__, i) for i in unit])
+
+        try:
+            fill()
+            while pending:
+                batch = [f.result() for f in pending.popleft()]
+                fill()  # the next batches decode while the caller runs this one
+                yield batch
+        finally:
+            for futs in pending:
+                for f in futs:
+                    f.cancel()
+
+
 @dataclass
 class ExtractStats:
     images_total: int = 0
@@ -633,6 +678,7 @@ def extract_images(
     *,
     batch_size: int = 32,
     num_workers: int = 0,
+    decode_threads: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_file_bytes: int = DEFAULT_MAX_IMAGE_FILE_BYTES,
     progress: bool = True,
@@ -643,6 +689,10 @@ def extract_images(
     """Image features for ``paths`` (rows of failed images are zero) and the failures.
 
     Args:
+        num_workers: decoding worker processes (a torch DataLoader); 0: threads instead.
+        decode_threads: with ``num_workers=0``, threads that decode and preprocess the
+            next batches while the network runs this one (None: ``default_decode_threads``;
+            0: decode in line, one batch at a time).
         max_file_bytes: files larger than this are refused unread (``hash_image_files``).
         keys: content keys from ``hash_image_files`` when the caller has them already
             (with ``key_errors``), so files are not read twice.
@@ -678,13 +728,17 @@ def extract_images(
         claims = _Claims(store, keys, crowded=_others_at_work(store, world))
         units = [mine[s : s + batch_size] for s in range(0, len(mine), batch_size)]
         try:
+            threads = default_decode_threads() if decode_threads is None else decode_threads
             while units:
-                loader = torch.utils.data.DataLoader(
-                    ds,
-                    batch_sampler=claims.batches(units),
-                    num_workers=num_workers,
-                    collate_fn=_collate,
-                )
+                if num_workers == 0 and threads > 0:
+                    loader = _decoded(claims.batches(units), ds, threads)
+                else:
+                    loader = torch.utils.data.DataLoader(
+                        ds,
+                        batch_sampler=claims.batches(units),
+                        num_workers=num_workers,
+                        collate_fn=_collate,
+                    )
                 for batch in loader:
                     ok = [(i, x) for i, x, err in batch if x is not None]
                     for i, x, err in batch:
@@ -733,6 +787,32 @@ def _others_at_work(store: FeatureStore, world: int) -> bool:
     return world <= 1 and any(store.dir.glob("shard-*.lock"))
 
 
+def _text_batches(
+    chunks: Iterable[list[int]], prepared: dict[int, str], backbone
+) -> Iterator[tuple[list[int], np.ndarray]]:
+    """(chunk, features) in order; a backbone with ``tokenize``/``forward_tokens`` has the
+    next chunk tokenised on a thread while the encoder runs this one."""
+    if not (hasattr(backbone, "tokenize") and hasattr(backbone, "forward_tokens")):
+        for chunk in chunks:
+            yield chunk, backbone.forward([prepared[i] for i in chunk]).numpy()
+        return
+    it = iter(chunks)
+    with ThreadPoolExecutor(1, thread_name_prefix="huse-tokenize") as pool:
+
+        def ahead():
+            chunk = next(it, None)
+            if chunk is None:
+                return None
+            return chunk, pool.submit(backbone.tokenize, [prepared[i] for i in chunk])
+
+        nxt = ahead()
+        while nxt is not None:
+            chunk, fut = nxt
+            enc = fut.result()
+            nxt = ahead()
+            yield chunk, backbone.forward_tokens(enc).numpy()
+
+
 def extract_texts(
     texts: Sequence[str],
     backbone,
@@ -769,8 +849,7 @@ def extract_texts(
         units = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
         try:
             while units:
-                for chunk in claims.batches(units):
-                    feats = backbone.forward([prepared[i] for i in chunk]).numpy()
+                for chunk, feats in _text_batches(claims.batches(units), prepared, backbone):
                     store.put([keys[i] for i in chunk], feats)
                     if stats is not None:
                         stats.texts_computed += len(chunk)

@@ -9,6 +9,25 @@ an IVF or HNSW structure trained on one modality's distribution, and no filtered
 
 Vectors are L2-normalised, so the metric is inner product and a score is the cosine.
 
+Filters. ``search(..., allowed=mask)`` restricts a search to some items (a branch of the
+class tree: ``filter_mask(under=..., classes=...)``) inside FAISS: the mask becomes an
+``IDSelectorBitmap`` passed through ``SearchParameters``, so FAISS skips the other items
+while it scans and returns the exact top k of the allowed ones (Flat), or of those in the
+probed lists (IVF, HNSW: the search widens until k are found or everything was probed).
+
+Updates. ``update_folder(path, remove, items, vectors)`` changes a saved index without
+rewriting it: the new vectors go into a small new segment (``d1.image.faiss``...; IVF:
+the base's trained lists, empty, holding the new vectors), the removed rows' slots into
+``removed.npy``, and the unchanged segment files are hard-linked into the new version, so
+an update writes what changed, not the catalogue. ``load`` merges the segments (IVF
+lists by ``merge_from``) and drops the removed slots. Past ``MAX_SEGMENTS`` or
+``COMPACT_FRACTION`` an update compacts: ``updated`` in memory (Flat compacts its
+vectors, IVF removes the ids from its lists, renumbers the rest and adds the new vectors
+to the lists they fall in; other types are rebuilt from their stored vectors), then one
+segment is written. No type is retrained. ``items.parquet``'s ``content`` column (a
+digest of each item's image bytes, text and class) is what an update compares a
+manifest against.
+
 A built index is a folder::
 
     index/
@@ -49,12 +68,25 @@ from huse.errors import HuseError, UnsafeOutputError
 
 FORMAT = "huse-index"  # index.json's marker: this folder was written by huse
 FORMAT_VERSION = 2  # 2: format marker, version and a checksum for every file
+# 3: an updated folder of segments (the first built, the others appended by updates) and
+# the removed slots; a folder of one segment is still written as version 2.
+SEGMENTED_VERSION = 3
+READ_VERSIONS = (FORMAT_VERSION, SEGMENTED_VERSION)
+REMOVED_FILE = "removed.npy"
+# An update appends a segment until the folder would hold more than this many, or the
+# appended and removed vectors would pass this fraction of the items: then it writes
+# one compacted segment (every vector rewritten).
+MAX_SEGMENTS = 8
+COMPACT_FRACTION = 0.25
 # What huse 0.x (``"format": 1``) wrote: such a folder may be replaced, not read.
 _LEGACY_FILES = frozenset({"index.json", "items.parquet", "image.faiss", "text.faiss"})
 _SHA256 = frozenset("0123456789abcdef")
 MODALITIES = ("image", "text")
 SEARCH_MODALITIES = ("image", "text", "both")
-ITEM_COLUMNS = ("row", "id", "image", "text", "classes", "split")
+ITEM_COLUMNS = ("row", "id", "image", "text", "classes", "split", "content")
+DEFAULT_SEP = "<"
+# Filters kept per index: a page that browses a branch asks for the same one again.
+_FILTER_CACHE = 64
 
 
 class CatalogueIndexError(HuseError):
@@ -324,6 +356,8 @@ class CatalogueIndex:
         self.items = items.reset_index(drop=True)
         self.info = info
         self._row_of_id: dict[str, int] | None = None
+        self._filters: dict[tuple, np.ndarray] = {}
+        self._class_codes: tuple[np.ndarray, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -338,15 +372,64 @@ class CatalogueIndex:
             self._row_of_id = {str(v): i for i, v in enumerate(self.items["id"].tolist())}
         return self._row_of_id.get(item_id)
 
+    @property
+    def sep(self) -> str:
+        """The class path separator of the items' ``classes``."""
+        return str(self.info.get("model", {}).get("sep", DEFAULT_SEP))
+
+    def class_paths(self) -> list[str]:
+        """The distinct class paths of the items, sorted."""
+        return list(self._codes()[1])
+
+    def _codes(self) -> tuple[np.ndarray, list[str]]:
+        if self._class_codes is None:
+            codes, uniques = pd.factorize(self.items["classes"].astype(str), sort=True)
+            self._class_codes = (codes.astype(np.int64), [str(u) for u in uniques])
+        return self._class_codes
+
+    def filter_mask(
+        self, under: tuple[str, ...] | list[str] = (), classes: tuple[str, ...] | list[str] = ()
+    ) -> np.ndarray:
+        """Rows whose class is one of ``classes`` or lies in a branch of ``under``.
+
+        A branch ``a<b`` holds the class ``a<b`` itself and every class below it
+        (``a<b<c``), never ``a<bc``. Several branches and classes are a union.
+
+        Returns:
+            A boolean mask over the rows (cached per filter).
+        """
+        key = (tuple(under), tuple(classes))
+        mask = self._filters.get(key)
+        if mask is None:
+            codes, paths = self._codes()
+            sep = self.sep
+            wanted = set(classes)
+            prefixes = tuple(b + sep for b in under)
+            heads = set(under)
+            hit = np.array(
+                [p in wanted or p in heads or p.startswith(prefixes) for p in paths], dtype=bool
+            )
+            mask = hit[codes] if len(paths) else np.zeros(len(self), dtype=bool)
+            if len(self._filters) >= _FILTER_CACHE:
+                self._filters.pop(next(iter(self._filters)))
+            self._filters[key] = mask
+        return mask
+
     def search(
-        self, queries: np.ndarray, k: int = 10, modality: str = "image"
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        modality: str = "image",
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Nearest items of each query.
 
         Args:
             queries: (q, D) L2-normalised float32 vectors.
-            k: results per query (clamped to the catalogue size).
+            k: results per query (clamped to the catalogue size, or the allowed items).
             modality: ``image``, ``text`` or ``both`` (each item once, at its best score).
+            allowed: a boolean mask over the rows (``filter_mask``): only those items are
+                searched, inside FAISS.
 
         Returns:
             ``(scores, rows, modalities)``, each (q, k); a missing result (an approximate
@@ -355,17 +438,73 @@ class CatalogueIndex:
         if modality not in SEARCH_MODALITIES:
             raise ValueError(f"modality must be one of {SEARCH_MODALITIES}, not {modality!r}")
         q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
-        k = max(1, min(int(k), len(self)))
+        n_allowed = len(self) if allowed is None else int(np.count_nonzero(allowed))
+        k = max(1, min(int(k), n_allowed or 1))
         names = MODALITIES if modality == "both" else (modality,)
         scores, rows, codes = [], [], []
         for name in names:
-            s, r = self.indexes[name].search(q, k)
+            if allowed is None:
+                s, r = self.indexes[name].search(q, k)
+            elif n_allowed == 0:
+                s = np.full((len(q), k), -np.inf, np.float32)
+                r = np.full((len(q), k), -1, np.int64)
+            else:
+                s, r = _filtered_search(self.indexes[name], q, k, allowed, n_allowed)
             scores.append(np.where(r >= 0, s, -np.inf).astype(np.float32))
             rows.append(r)
             codes.append(np.full(r.shape, MODALITIES.index(name)))
         if len(names) == 1:
             return scores[0], rows[0], np.array(MODALITIES)[codes[0]]
         return _merge_best(np.hstack(scores), np.hstack(rows), np.hstack(codes), k)
+
+    # -- updates ------------------------------------------------------------------------
+    def updated(
+        self,
+        remove: np.ndarray,
+        items: pd.DataFrame,
+        vectors: dict[str, np.ndarray],
+        config: IndexConfig | None = None,
+    ) -> tuple[CatalogueIndex, list[str]]:
+        """This index without the rows ``remove`` and with ``items`` appended, in place.
+
+        Kept rows keep their order and come first; the new items follow in their order.
+        No type is retrained: IVF vectors go into the trained lists (the warnings say when
+        the catalogue outgrew them).
+
+        Args:
+            remove: rows to drop (changed items are dropped and re-added).
+            items: the new rows' metadata (columns ``ITEM_COLUMNS``).
+            vectors: ``{"image": (m, D), "text": (m, D)}`` for ``items``.
+            config: the training settings of a type that has to be rebuilt (HNSW...).
+
+        Returns:
+            The updated index (this object's FAISS indexes, changed) and warnings.
+        """
+        config = config or IndexConfig()
+        remove = np.unique(np.asarray(remove, dtype=np.int64))
+        if len(remove) and (remove[0] < 0 or remove[-1] >= len(self)):
+            raise ValueError("rows to remove lie outside the index")
+        keep = np.ones(len(self), dtype=bool)
+        keep[remove] = False
+        n = int(keep.sum()) + len(items)
+        if n == 0:
+            raise CatalogueIndexError("no items left: the update would remove every item")
+        new_items = pd.concat(
+            [self.items[keep], items[[c for c in self.items.columns if c in items.columns]]],
+            ignore_index=True,
+        )
+        warnings_: list[str] = []
+        for m, ix in self.indexes.items():
+            add = np.ascontiguousarray(vectors[m], dtype=np.float32).reshape(-1, self.dim)
+            if len(add) != len(items):
+                raise CatalogueIndexError(f"{len(add)} {m} vectors for {len(items)} new items")
+            self.indexes[m], warn = _update_one(ix, remove, keep, add, self.info, config)
+            warnings_ += [w for w in warn if w not in warnings_]
+        info = self.info | {
+            "count": n,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return CatalogueIndex(self.indexes, new_items, info), warnings_
 
     # -- save / load -------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -383,7 +522,8 @@ class CatalogueIndex:
             # SHA-256 of every other file, so a damaged one is caught on load and a
             # folder holding anything else is never taken for huse's own.
             files = {f.name: _file_sha256(f) for f in sorted(tmp.iterdir())}
-            info = self.info | {"format": FORMAT, "version": FORMAT_VERSION, "files": files}
+            info = {k: v for k, v in self.info.items() if k not in ("segments", "removed")}
+            info |= {"format": FORMAT, "version": FORMAT_VERSION, "files": files}
             (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
             for f in tmp.iterdir():
                 with open(f, "rb") as fh:
@@ -403,7 +543,7 @@ class CatalogueIndex:
             path: the index folder.
             search_params: override the stored FAISS search parameters.
         """
-        faiss = _faiss()
+        _faiss()  # the clear ImportError first
         path = resolve_index_dir(path)
         info = _read_info(path / "index.json")
         for name, want in info["files"].items():
@@ -414,25 +554,15 @@ class CatalogueIndex:
                 raise CatalogueIndexError(
                     f"{f} is damaged (its SHA-256 differs from index.json's); {_REBUILD}"
                 )
-        try:
-            items = pd.read_parquet(path / "items.parquet")
-        except Exception as e:  # pyarrow raises several unrelated types
-            raise CatalogueIndexError(
-                f"{path / 'items.parquet'} is unreadable ({e}); {_REBUILD}"
-            ) from None
+        items = _read_items(path, info)
         indexes = {}
+        segments = _segments(info)
+        removed = _read_removed(path, info)
         for m in info["modalities"]:
-            try:
-                indexes[m] = faiss.read_index(str(path / f"{m}.faiss"))
-            except Exception as e:  # FAISS raises RuntimeError with its C++ message
-                raise CatalogueIndexError(
-                    f"{path / f'{m}.faiss'} is unreadable ({_faiss_msg(e)}); {_REBUILD}"
-                ) from None
-            if indexes[m].d != info["dim"]:
-                raise CatalogueIndexError(
-                    f"{path / f'{m}.faiss'} holds {indexes[m].d}-dim vectors but index.json "
-                    f"says {info['dim']}; {_REBUILD}"
-                )
+            parts = [
+                _read_faiss(path / f"{prefix}{m}.faiss", info["dim"]) for prefix, _ in segments
+            ]
+            indexes[m] = _merged(parts, segments, removed, path)
         if len(items) != info["count"]:
             raise CatalogueIndexError(
                 f"{path / 'items.parquet'} holds {len(items)} items but index.json says "
@@ -465,10 +595,10 @@ def _read_info(file: Path) -> dict:
         raise CatalogueIndexError(f"{file} was written by an older huse (format 1); {_REBUILD}")
     if info.get("format") != FORMAT:
         raise bad(f"its format is {info.get('format')!r}, not {FORMAT!r}")
-    if info.get("version") != FORMAT_VERSION:
+    if info.get("version") not in READ_VERSIONS:
         raise CatalogueIndexError(
-            f"{file}: index version {info.get('version')!r}, this huse reads {FORMAT_VERSION}; "
-            f"{_REBUILD}"
+            f"{file}: index version {info.get('version')!r}, this huse reads "
+            f"{' and '.join(map(str, READ_VERSIONS))}; {_REBUILD}"
         )
 
     def is_int(v) -> bool:
@@ -499,10 +629,125 @@ def _read_info(file: Path) -> dict:
             raise bad(f"'files' names {name!r}, not a file of the index folder")
         if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256):
             raise bad(f"the checksum of {name} is {sha!r}, not a SHA-256")
-    for name in ["items.parquet"] + [f"{m}.faiss" for m in mods]:
+    segs = info.get("segments", [["", info.get("count")]])
+    if not (
+        isinstance(segs, list)
+        and segs
+        and segs[0][0] == ""
+        and all(
+            isinstance(g, list) and len(g) == 2 and _plain_name(g[0] + "x") and is_int(g[1])
+            for g in segs
+        )
+    ):
+        raise bad(f"'segments' must be a list of [prefix, slots] pairs, not {segs!r}")
+    needed = [f"{g[0]}items.parquet" for g in segs] + [
+        f"{g[0]}{m}.faiss" for g in segs for m in mods
+    ]
+    if info.get("removed"):
+        needed.append(REMOVED_FILE)
+    for name in needed:
         if name not in files:
             raise bad(f"'files' has no checksum for {name}")
     return info
+
+
+def _read_items(path: Path, info: dict) -> pd.DataFrame:
+    """The items of the alive slots in order: each segment's ``{prefix}items.parquet``
+    holds the items of all its slots (a removed one stays there, listed in
+    ``removed.npy``)."""
+    segments = _segments(info)
+    frames = []
+    for prefix, n in segments:
+        f = path / f"{prefix}items.parquet"
+        try:
+            frames.append(pd.read_parquet(f))
+        except Exception as e:  # pyarrow raises several unrelated types
+            raise CatalogueIndexError(f"{f} is unreadable ({e}); {_REBUILD}") from None
+        if len(segments) > 1 and len(frames[-1]) != n:
+            raise CatalogueIndexError(
+                f"{f} holds {len(frames[-1])} items but index.json says {n}; {_REBUILD}"
+            )
+    if len(frames) == 1 and not info.get("removed"):
+        return frames[0]
+    items = pd.concat(frames, ignore_index=True)
+    alive = np.ones(len(items), dtype=bool)
+    alive[_read_removed(path, info)] = False
+    return items[alive].reset_index(drop=True)
+
+
+def _segments(info: dict) -> list[tuple[str, int]]:
+    """``(file prefix, slots)`` of each segment, the built one first."""
+    return [(str(p), int(n)) for p, n in info.get("segments", [["", info["count"]]])]
+
+
+def _read_removed(path: Path, info: dict) -> np.ndarray:
+    if not info.get("removed"):
+        return np.zeros(0, np.int64)
+    try:
+        removed = np.load(path / REMOVED_FILE, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CatalogueIndexError(
+            f"{path / REMOVED_FILE} is unreadable ({e}); {_REBUILD}"
+        ) from None
+    return np.asarray(removed, dtype=np.int64)
+
+
+def _read_faiss(file: Path, dim: int):
+    faiss = _faiss()
+    try:
+        ix = faiss.read_index(str(file))
+    except Exception as e:  # FAISS raises RuntimeError with its C++ message
+        raise CatalogueIndexError(f"{file} is unreadable ({_faiss_msg(e)}); {_REBUILD}") from None
+    if ix.d != dim:
+        raise CatalogueIndexError(
+            f"{file} holds {ix.d}-dim vectors but index.json says {dim}; {_REBUILD}"
+        )
+    return ix
+
+
+def _merged(parts: list, segments: list[tuple[str, int]], removed: np.ndarray, path: Path):
+    """One FAISS index of the segments' vectors, the removed slots dropped, its ids the
+    rows of ``items.parquet`` (alive slots in order)."""
+    faiss = _faiss()
+    for ix, (prefix, n) in zip(parts, segments):
+        if ix.ntotal != n:
+            raise CatalogueIndexError(
+                f"{path / (prefix + '...faiss')} holds {ix.ntotal} vectors but index.json says "
+                f"{n}; {_REBUILD}"
+            )
+    total = sum(n for _, n in segments)
+    if len(parts) == 1 and not len(removed):
+        return parts[0]
+    base = faiss.downcast_index(parts[0])
+    if isinstance(base, faiss.IndexFlat):
+        # In place: the appended segments' few vectors after the base's, then one pass
+        # that compacts the storage over the removed slots (order kept).
+        for p in parts[1:]:
+            base.add(p.reconstruct_n(0, p.ntotal))
+        if len(removed):
+            base.remove_ids(faiss.IDSelectorBatch(removed))
+        return parts[0]
+    if isinstance(base, faiss.IndexIVF):
+        for p in parts[1:]:
+            base.merge_from(faiss.downcast_index(p), 0)  # their ids are global slots
+        if len(removed):
+            _drop_ivf_rows(base, removed, total)
+        return parts[0]
+    raise CatalogueIndexError(f"{path}: segments of a {type(base).__name__}; {_REBUILD}")
+
+
+def _drop_ivf_rows(ivf, remove: np.ndarray, n_before: int) -> None:
+    """Remove ids ``remove`` from an IVF's lists and renumber the rest to be contiguous
+    (old id minus the removed ids before it): IVF keeps each vector's id as given."""
+    faiss = _faiss()
+    ivf.remove_ids(faiss.IDSelectorBatch(remove))
+    new_of_old = np.arange(n_before) - np.searchsorted(remove, np.arange(n_before))
+    inv = ivf.invlists
+    for lst in range(ivf.nlist):
+        size = inv.list_size(lst)
+        if size:
+            ids = faiss.rev_swig_ptr(inv.get_ids(lst), size)
+            ids[:] = new_of_old[ids]
 
 
 def _plain_name(name) -> bool:
@@ -519,6 +764,105 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _selector(allowed: np.ndarray):
+    """An ``IDSelectorBitmap`` over ``allowed`` and the bitmap it points into (which the
+    caller keeps alive: FAISS holds only the pointer)."""
+    faiss = _faiss()
+    bits = np.packbits(allowed, bitorder="little")  # FAISS reads bit i of byte i >> 3
+    return faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)), bits
+
+
+def _filtered_search(index, q: np.ndarray, k: int, allowed: np.ndarray, n_allowed: int):
+    """Top ``k`` of the allowed rows, filtered inside FAISS.
+
+    Flat is exact. An approximate type can find fewer than k allowed items in the part
+    of the catalogue it looks at (IVF's probed lists, HNSW's visited nodes); the search is
+    then repeated with 4x wider settings until k are found or it looked everywhere, so
+    ``k`` results come back whenever the filter allows at least k items.
+    """
+    faiss = _faiss()
+    sel, bits = _selector(allowed)  # ``bits`` stays referenced while FAISS reads it
+    base = faiss.downcast_index(index)
+    ivf = base if isinstance(base, faiss.IndexIVF) else None
+    hnsw = base if isinstance(base, faiss.IndexHNSW) else None
+    nprobe = int(ivf.nprobe) if ivf is not None else 0
+    ef = int(hnsw.hnsw.efSearch) if hnsw is not None else 0
+    want = min(k, n_allowed)
+    while True:
+        if ivf is not None:
+            params = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        elif hnsw is not None:
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+        else:
+            params = faiss.SearchParameters(sel=sel)
+        try:
+            s, r = base.search(q, k, params=params)
+        except RuntimeError as e:  # a wrapper type (IndexPreTransform...) without filters
+            raise CatalogueIndexError(
+                f"this index type cannot filter a search ({_faiss_msg(e)}); rebuild it with "
+                "a registered type (flat, ivfflat, ivfsq, ivfpq, hnsw)"
+            ) from None
+        if int((r >= 0).sum(axis=1).min()) >= want:
+            break
+        if ivf is not None and nprobe < ivf.nlist:
+            nprobe = min(int(ivf.nlist), nprobe * 4)
+        elif hnsw is not None and ef < hnsw.ntotal:
+            ef = min(int(hnsw.ntotal), ef * 4)
+        else:
+            break
+    del bits
+    return s, r
+
+
+def _outgrown(info: dict, n: int, nlist: int) -> list[str]:
+    """The warning when a catalogue outgrew the IVF lists it was trained for."""
+    trained = int(info.get("trained_count") or info.get("count") or n)
+    if _nlist_for(n) >= 2 * nlist or n > 4 * trained:
+        return [
+            f"the catalogue has grown to {n:,} items since the IVF lists were trained on "
+            f"{trained:,} ({nlist} lists); search stays correct but slower and less "
+            "accurate: rebuild with `huse index RUN --update MANIFEST --retrain`"
+        ]
+    return []
+
+
+def _update_one(index, remove: np.ndarray, keep: np.ndarray, add: np.ndarray, info: dict, config):
+    """One modality's FAISS index without ``remove`` and with ``add`` appended."""
+    faiss = _faiss()
+    warnings_: list[str] = []
+    base = faiss.downcast_index(index)
+    n_new = int(keep.sum()) + len(add)
+    if isinstance(base, faiss.IndexFlat):
+        if len(remove):
+            # Flat compacts its storage in order: row r becomes r minus the removed rows
+            # before it, the order the metadata is kept in.
+            base.remove_ids(faiss.IDSelectorBatch(remove))
+        for s in range(0, len(add), ADD_BLOCK):
+            base.add(add[s : s + ADD_BLOCK])
+        # ``index`` itself, not ``base``: the downcast view does not own the C++ object.
+        return index, warnings_
+    if isinstance(base, faiss.IndexIVF):
+        ivf = base
+        if len(remove):
+            _drop_ivf_rows(ivf, remove, len(keep))
+        # ntotal is now the kept count, so add numbers the new vectors from there.
+        for s in range(0, len(add), ADD_BLOCK):
+            ivf.add(add[s : s + ADD_BLOCK])
+        return index, _outgrown(info, n_new, ivf.nlist)
+    # Graph and other types cannot drop vectors: rebuilt from their stored vectors.
+    try:
+        old = index.reconstruct_n(0, index.ntotal)
+    except RuntimeError as e:
+        raise CatalogueIndexError(
+            f"a {info.get('factory')!r} index cannot be updated ({_faiss_msg(e)}); rebuild "
+            "it with `huse index RUN`"
+        ) from None
+    vectors = np.vstack([old[keep], add]).astype(np.float32)
+    rebuilt = _build_one(vectors, str(info["factory"]), config)
+    _apply_search_params(rebuilt, str(info.get("search_params", "")))
+    return rebuilt, warnings_
 
 
 def _merge_best(
@@ -609,6 +953,24 @@ def check_output_dir(path: str | Path) -> None:
             return
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False when the
+    system or file system cannot."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 def _swap_in(tmp: Path, path: Path) -> None:
     check_output_dir(path)
     if not path.exists() or not any(path.iterdir()):
@@ -616,8 +978,12 @@ def _swap_in(tmp: Path, path: Path) -> None:
         return
     checked = [e.name for e in path.iterdir()]
     old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-    os.replace(path, old / "index")
-    os.replace(tmp, path)
+    if _exchange(tmp, path):
+        # One step: a reader, or a kill, sees the old folder or the new one, never none.
+        os.replace(tmp, old / "index")
+    else:
+        os.replace(path, old / "index")
+        os.replace(tmp, path)
     # Delete by name only the files just checked to be huse's, never a tree: rmdir fails,
     # and keeps the folder, if anything else appeared in between.
     with contextlib.suppress(OSError):
@@ -676,6 +1042,7 @@ def build_index(
         "metric": "inner_product",
         "dim": int(d),
         "count": n,
+        "trained_count": n,  # what IVF lists were trained for; an update warns past it
         "modalities": list(indexes),
         "search_params": params,
         "config": asdict(config),
@@ -693,6 +1060,164 @@ def model_fingerprint(model_dir: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def load_items(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The items and ``index.json`` of a saved index, without its FAISS files (checked:
+    ``items.parquet``'s checksum); what an update compares a manifest against."""
+    path = resolve_index_dir(path)
+    info = _read_info(path / "index.json")
+    names = [f"{prefix}items.parquet" for prefix, _ in _segments(info)]
+    for name in names + ([REMOVED_FILE] if info.get("removed") else []):
+        f = path / name
+        if not f.is_file() or _file_sha256(f) != info["files"][name]:
+            raise CatalogueIndexError(f"{f} is missing or damaged; {_REBUILD}")
+    items = _read_items(path, info)
+    if len(items) != info["count"]:
+        raise CatalogueIndexError(
+            f"{path}: the items files hold {len(items)} items but index.json says "
+            f"{info['count']}; {_REBUILD}"
+        )
+    return items, info
+
+
+def _appendable(factory: str) -> bool:
+    """Whether an update can append a segment to this type (Flat, plain IVF)."""
+    if factory == "Flat":
+        return True
+    parts = factory.split(",")
+    return len(parts) == 2 and parts[0].startswith("IVF") and parts[0][3:].isdigit()
+
+
+def update_folder(
+    path: str | Path,
+    remove: np.ndarray,
+    items: pd.DataFrame,
+    vectors: dict[str, np.ndarray],
+    config: IndexConfig | None = None,
+    info: dict | None = None,
+    current: tuple[pd.DataFrame, dict] | None = None,
+) -> tuple[CatalogueIndex, list[str]]:
+    """Update the saved index at ``path``: drop the rows ``remove``, append ``items``.
+
+    Writes a new version of the folder holding the old segment files (hard links, not
+    copies), one new segment of ``vectors`` and the new ``items.parquet``, swapped in at
+    once like ``save``; or, past ``MAX_SEGMENTS`` / ``COMPACT_FRACTION`` or for a type
+    that cannot append (HNSW...), loads the index, updates it in memory (``updated``)
+    and saves it whole. The FAISS files of an appended update are not read: a damaged
+    one fails its checksum when the index is loaded, as before.
+
+    Args:
+        path: a saved index folder.
+        remove: rows of its ``items.parquet`` to drop.
+        items: the new rows (columns ``ITEM_COLUMNS``).
+        vectors: ``{"image": (m, D), "text": (m, D)}`` for ``items``.
+        config: the settings of a type that has to be rebuilt.
+        info: fields to set in ``index.json`` (the manifest, counts...).
+        current: ``load_items(path)`` as the caller read it (the rows ``remove`` refers
+            to): not read again when the folder still holds that version.
+
+    Returns:
+        The updated index (its FAISS indexes are not loaded when a segment was
+        appended: ``indexes`` is empty) and warnings (an IVF outgrown by the catalogue).
+    """
+    faiss = _faiss()
+    path = resolve_index_dir(path)
+    old_info = _read_info(path / "index.json")
+    files = old_info["files"]
+    if current is not None and current[1].get("files") == files:
+        old_items = current[0]
+    else:
+        old_items, _ = load_items(path)  # checksums of the items and removed files checked
+    remove = np.unique(np.asarray(remove, dtype=np.int64))
+    segments = _segments(old_info)
+    removed_old = _read_removed(path, old_info)
+    total = sum(n for _, n in segments)
+    is_alive = np.ones(total, dtype=bool)
+    is_alive[removed_old] = False
+    alive = np.flatnonzero(is_alive)  # the slot of each row
+    if len(alive) != len(old_items):
+        raise CatalogueIndexError(f"{path}: the segments and items.parquet disagree; {_REBUILD}")
+    removed = np.union1d(removed_old, alive[remove]).astype(np.int64)
+    n_new = len(old_items) - len(remove) + len(items)
+    if n_new == 0:
+        raise CatalogueIndexError("no items left: the update would remove every item")
+    appended = total - segments[0][1] + len(items)
+    factory = str(old_info["factory"])
+    if (
+        not _appendable(factory)
+        or len(segments) + 1 > MAX_SEGMENTS
+        or appended + len(removed) > COMPACT_FRACTION * n_new
+    ):
+        index = CatalogueIndex.load(path)
+        updated, warnings_ = index.updated(remove, items, vectors, config)
+        updated.info |= info or {}
+        updated.save(path)
+        return updated, warnings_
+
+    keep = np.ones(len(old_items), dtype=bool)
+    keep[remove] = False
+    cols = [c for c in old_items.columns if c in items.columns]
+    new_items = pd.concat([old_items[keep], items[cols]], ignore_index=True)
+    number = int(old_info.get("next_segment", 1))
+    prefix = f"d{number}."
+    slots = np.arange(total, total + len(items), dtype=np.int64)
+    warnings_: list[str] = []
+    check_output_dir(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        new_files = {}
+        linked = set()
+        for name, sha in files.items():
+            if name != REMOVED_FILE:  # segments: unchanged, linked rather than copied
+                try:
+                    os.link(path / name, tmp / name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(path / name, tmp / name)
+                new_files[name] = sha
+                linked.add(name)
+        for m in old_info["modalities"]:
+            add = np.ascontiguousarray(vectors[m], dtype=np.float32).reshape(-1, old_info["dim"])
+            if factory == "Flat":
+                seg = _new_index("Flat", old_info["dim"])
+                seg.add(add)
+            else:
+                # The trained lists of the built segment, emptied (its centroids and
+                # quantiser; the codes of one modality, d bytes a vector for SQ8, are read
+                # and dropped).
+                seg = faiss.read_index(str(path / f"{m}.faiss"))
+                seg.reset()
+                seg.add_with_ids(add, slots)
+                if m == old_info["modalities"][0]:
+                    warnings_ += _outgrown(old_info, n_new, seg.nlist)
+            faiss.write_index(seg, str(tmp / f"{prefix}{m}.faiss"))
+        np.save(tmp / REMOVED_FILE, removed)
+        # Only the new segment's items: the others' files are linked.
+        items[cols].reset_index(drop=True).to_parquet(tmp / f"{prefix}items.parquet", index=False)
+        for f in sorted(tmp.iterdir()):
+            if f.name not in new_files:
+                new_files[f.name] = _file_sha256(f)
+        meta = {k: v for k, v in old_info.items() if k != "files"} | (info or {})
+        meta |= {
+            "version": SEGMENTED_VERSION,
+            "count": n_new,
+            "segments": [[p, n] for p, n in segments] + [[prefix, len(items)]],
+            "next_segment": number + 1,
+            "removed": int(len(removed)),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": new_files,
+        }
+        (tmp / "index.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        for f in tmp.iterdir():
+            if f.name not in linked:  # the linked files were synced when first written
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        _swap_in(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return CatalogueIndex({}, new_items, meta), warnings_
 
 
 def load_index(path: str | Path, search_params: str | None = None) -> CatalogueIndex:

@@ -12,6 +12,9 @@ With ``d(u, v) = 1 - cos(u, v)``:
 - :class:`GapLoss` — Eq. 12, pulls each image onto its own text.
 - :class:`ProjectionLoss` — HUSE-P baseline (Eq. 13, our reading; see the class).
 - :class:`InfoNCELoss` — symmetric CLIP-style contrastive loss, a modern baseline.
+- :class:`InstanceLoss` — InfoNCE between an item's own image and text beside the class
+  terms (beyond the paper): the own pair ahead of its classmates, with a margin and
+  hierarchy-weighted negatives.
 - :class:`NotebookGraphLoss`, :class:`NotebookGapLoss` — the original notebook's losses,
   defects kept on purpose (SPEC §6), only to measure how much they cost.
 - :class:`HUSELoss` — Eq. 5, ``α·L_cls + β·L_graph + γ·L_gap`` with each term logged.
@@ -36,6 +39,7 @@ __all__ = [
     "GapLoss",
     "HUSELoss",
     "InfoNCELoss",
+    "InstanceLoss",
     "NotebookGapLoss",
     "NotebookGraphLoss",
     "ProjectionLoss",
@@ -324,6 +328,68 @@ class InfoNCELoss(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+class InstanceLoss(nn.Module):
+    """Instance-level InfoNCE between the towers, made to sit beside a classification loss.
+
+    For image ``i`` the logits over the batch's texts are ``s · cos(image_i, text_j)``
+    with a fixed ``s = 1 / temperature``; the own pair's logit is lowered by
+    ``s · margin`` (an additive margin: the own text must beat every other text by the
+    margin before the term is content). The loss is the mean of the image→text and
+    text→image cross-entropies with the own pair as the target.
+
+    Hierarchy-weighted negatives: a negative of the anchor's own class enters the softmax
+    denominator with weight ``same_class_weight``, one of another class with weight
+    ``other_class_weight`` (the log-weight is added to its logit; weight 0 leaves it out).
+    Both 1 is plain InfoNCE. Below 1 for classmates the term pushes them apart less than
+    other classes; ``other_class_weight = 0`` makes it order the own pair among its
+    classmates only, leaving the geometry between classes to the class terms.
+
+    Args:
+        temperature: τ > 0 (fixed).
+        margin: additive margin on the own pair's cosine, ≥ 0.
+        same_class_weight: weight in (0, 1] of same-class negatives.
+        other_class_weight: weight in [0, 1] of negatives of other classes.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        margin: float = 0.0,
+        same_class_weight: float = 1.0,
+        other_class_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"InstanceLoss: temperature must be > 0; got {temperature}")
+        if margin < 0:
+            raise ValueError(f"InstanceLoss: margin must be >= 0; got {margin}")
+        if not 0 < same_class_weight <= 1:
+            raise ValueError(
+                f"InstanceLoss: same_class_weight must be in (0, 1]; got {same_class_weight}"
+            )
+        if not 0 <= other_class_weight <= 1:
+            raise ValueError(
+                f"InstanceLoss: other_class_weight must be in [0, 1]; got {other_class_weight}"
+            )
+        self.scale = 1.0 / float(temperature)
+        self.margin = float(margin)
+        self.log_same = math.log(same_class_weight)
+        self.log_other = math.log(other_class_weight) if other_class_weight > 0 else -math.inf
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor, labels: Tensor) -> Tensor:
+        _check_pair(image_emb, text_emb, "InstanceLoss")
+        _check_labels(labels, image_emb.shape[0], "InstanceLoss")
+        cos = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+        eye = torch.eye(cos.shape[0], dtype=torch.bool, device=cos.device)
+        logits = self.scale * (cos - self.margin * eye)
+        if self.log_same != 0.0 or self.log_other != 0.0:
+            same = labels[:, None] == labels[None, :]
+            shift = torch.where(same, self.log_same, self.log_other).to(logits.dtype)
+            logits = logits + shift.masked_fill(eye, 0.0)
+        target = torch.arange(cos.shape[0], device=cos.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 class CrossModalClassLoss(nn.Module):
     """Class-level cross-modal contrastive loss (an addition beyond the paper).
 
@@ -438,6 +504,9 @@ class HUSELoss(nn.Module):
         delta: weight of :class:`CrossModalClassLoss` (0 = off, the paper); its term is
             logged as ``"xmodal"``.
         xmodal_temperature: τ of that loss.
+        instance_weight: weight of an :class:`InstanceLoss` term (0 = off, the paper); its
+            term is logged as ``"instance"``.
+        instance_loss: that term's module (default: ``InstanceLoss()``).
     """
 
     def __init__(
@@ -454,6 +523,8 @@ class HUSELoss(nn.Module):
         gap_loss: nn.Module | None = None,
         delta: float = 0.0,
         xmodal_temperature: float = 0.1,
+        instance_weight: float = 0.0,
+        instance_loss: nn.Module | None = None,
     ) -> None:
         super().__init__()
         for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -476,6 +547,12 @@ class HUSELoss(nn.Module):
             raise ValueError(f"HUSELoss: delta must be >= 0; got {delta}")
         self.delta = float(delta)
         self.xmodal_loss = CrossModalClassLoss(xmodal_temperature) if delta > 0 else None
+        if instance_weight < 0:
+            raise ValueError(f"HUSELoss: instance_weight must be >= 0; got {instance_weight}")
+        self.instance_weight = float(instance_weight)
+        self.instance_loss = None
+        if instance_weight > 0:
+            self.instance_loss = instance_loss if instance_loss is not None else InstanceLoss()
 
     def forward(
         self,
@@ -499,6 +576,10 @@ class HUSELoss(nn.Module):
             xmodal = self.xmodal_loss(image_emb, text_emb, labels)
             total = total + self.delta * xmodal
             named.append(("xmodal", xmodal))
+        if self.instance_loss is not None:
+            instance = self.instance_loss(image_emb, text_emb, labels)
+            total = total + self.instance_weight * instance
+            named.append(("instance", instance))
         terms = {name: float(value.detach()) for name, value in (*named, ("total", total))}
         if isinstance(self.graph_loss, SemanticGraphLoss) and self.beta > 0:
             terms["graph_active"] = self.graph_loss.active_fraction

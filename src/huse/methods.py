@@ -20,6 +20,7 @@ from huse.losses import (
     GapLoss,
     HUSELoss,
     InfoNCELoss,
+    InstanceLoss,
     NotebookGapLoss,
     NotebookGraphLoss,
     ProjectionLoss,
@@ -56,8 +57,15 @@ PRESETS: dict[str, dict] = {
         "image_layers": 5,
         "dropout": 0.15,
         "ema_decay": 0.0,
+        "instance_weight": 0.0,
+        "monitor": "mean_R@1",
     },
 }
+
+
+# Settings a preset keeps even where a method's defaults say otherwise: the paper preset
+# is the paper's objective, so huse's instance term (beyond the paper) stays off under it.
+PRESET_PINS: dict[str, frozenset[str]] = {"paper": frozenset({"instance_weight"})}
 
 
 def resolve_config(method: str = "huse", preset: str = "default", **overrides) -> TrainConfig:
@@ -85,7 +93,8 @@ def resolve_config(method: str = "huse", preset: str = "default", **overrides) -
             + (f", or use a method that does ({', '.join(users)})" if users else "")
         )
     cfg = replace(TrainConfig(), method=method, preset=preset, **PRESETS[preset])
-    cfg = replace(cfg, **m.defaults)
+    pinned = PRESET_PINS.get(preset, frozenset())
+    cfg = replace(cfg, **{k: v for k, v in m.defaults.items() if k not in pinned})
     cfg = replace(cfg, **given)
     if "momentum" in given and cfg.optimizer != "rmsprop":
         raise ConfigError("momentum is an RMSProp setting; add --optimizer rmsprop or drop it")
@@ -97,7 +106,7 @@ def resolve_config(method: str = "huse", preset: str = "default", **overrides) -
 COMMON = frozenset(
     {
         "method", "preset", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-        "momentum", "patience", "min_epochs", "ema_decay", "embed_dim", "dropout",
+        "momentum", "patience", "min_epochs", "monitor", "ema_decay", "embed_dim", "dropout",
         "input_dropout", "image_layers", "seed", "device", "bf16",
         # The run's semantic graph is written and shown in the report for every method.
         "graph_source", "graph_tree_weight",
@@ -177,11 +186,21 @@ def _soft(cfg: TrainConfig, graph: np.ndarray) -> torch.Tensor | None:
 HUSE_USES = {
     "alpha", "beta", "gamma", "margin", "graph_scale", "graph_cross_only", "gap_text_teacher",
     "delta", "xmodal_temperature", "hier_smoothing", "label_smoothing",
+    "instance_weight", "instance_temperature", "instance_margin", "instance_same_class_weight",
+    "instance_other_class_weight",
 }  # fmt: skip
 
 
+# The instance term (η = 1, classmates weighted 0.3 in its denominator) puts an item's own
+# image or text first without giving up class-level retrieval; chosen on the validation
+# split (benchmarks/RESULTS.md, "Every level").
 @register_method(
-    "huse", "shared", "HUSE: shared classifier + semantic graph + gap loss", uses=HUSE_USES
+    "huse",
+    "shared",
+    "HUSE: shared classifier + semantic graph + gap loss + instance term",
+    uses=HUSE_USES,
+    instance_weight=1.0,
+    instance_same_class_weight=0.3,
 )
 def _huse(cfg, graph, class_emb):
     return HUSELoss(
@@ -194,6 +213,13 @@ def _huse(cfg, graph, class_emb):
         xmodal_temperature=cfg.xmodal_temperature,
         graph_loss=_graph_loss(cfg, graph),
         gap_loss=GapLoss(detach_text=cfg.gap_text_teacher),
+        instance_weight=cfg.instance_weight,
+        instance_loss=InstanceLoss(
+            cfg.instance_temperature,
+            cfg.instance_margin,
+            cfg.instance_same_class_weight,
+            cfg.instance_other_class_weight,
+        ),
     )
 
 

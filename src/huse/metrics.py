@@ -1,5 +1,6 @@
 """Evaluation metrics (SPEC §7): accuracy, class-level retrieval R@K, hierarchical precision
-HP@K, mistake severity and average hierarchical distance@k.
+HP@K, mistake severity and average hierarchical distance@k; instance-level retrieval (an item's
+own pair as the one answer) and graded nDCG@K over every level of the hierarchy.
 
 Pure numpy. Retrieval runs over chunks of queries, so an evaluation never holds an N×N
 similarity matrix: one chunk is ``chunk_size × n_gallery``. Equal scores are ranked by the lower
@@ -12,7 +13,18 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["accuracy", "classification_metrics", "retrieval_metrics", "topk_classes"]
+__all__ = [
+    "accuracy",
+    "classification_metrics",
+    "graded_ndcg",
+    "instance_retrieval",
+    "retrieval_metrics",
+    "topk_classes",
+]
+
+# Gain of the query's own pair in graded nDCG; the class-level gains (2 same class, 1 same
+# parent class) come from ``Hierarchy.graded_relevance``.
+OWN_PAIR_GAIN = 3
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -238,6 +250,156 @@ def retrieval_metrics(
     return out
 
 
+def instance_retrieval(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    *,
+    recall_ks: Iterable[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Instance-level retrieval: query ``i``'s one relevant answer is gallery item ``i``.
+
+    This is the Flickr30k / COCO image-text retrieval protocol (as open_clip reports it):
+    row ``i`` of ``queries`` and of ``gallery`` are the two sides of the same item, every
+    query ranks the whole gallery by dot product, and the rank of its own pair is counted.
+    Equal similarities rank the lower gallery index first, as everywhere in this module.
+
+    Args:
+        queries: L2-normalised embeddings of one modality, shape (N, D).
+        gallery: the other modality's embeddings of the same N items, in the same order.
+        recall_ks: the K of ``R@K``.
+        chunk_size: queries scored at once; memory is about ``chunk_size × N`` floats.
+
+    Returns:
+        ``R@K`` = share of queries whose own pair is among the top K; ``MedR`` = median
+        1-based rank of the own pair (numpy's median: the mean of the two middle ranks when
+        N is even).
+    """
+    q = _as_embeddings(queries, "queries")
+    g = _as_embeddings(gallery, "gallery")
+    if q.shape != g.shape:
+        raise ValueError(
+            f"instance_retrieval: queries {q.shape} and gallery {g.shape} must pair row by row"
+        )
+    if len(q) == 0:
+        raise ValueError("instance_retrieval: got no items; need ≥ 1")
+    recall_ks = _as_ks(recall_ks, "recall_ks")
+    chunk_size = _as_chunk(chunk_size, "instance_retrieval")
+    dtype = np.result_type(q.dtype, g.dtype, np.float32)
+    q, g_t = q.astype(dtype, copy=False), g.astype(dtype, copy=False).T
+    ranks = np.empty(len(q), dtype=np.int64)
+    cols = np.arange(len(g))
+    for start in range(0, len(q), chunk_size):
+        stop = min(start + chunk_size, len(q))
+        sims = q[start:stop] @ g_t
+        rows = np.arange(stop - start)
+        own = sims[rows, start + rows][:, None]
+        # Items ahead of the own pair: strictly more similar, or equal with a lower index.
+        ahead = (sims > own) | ((sims == own) & (cols[None, :] < (start + rows)[:, None]))
+        ranks[start:stop] = ahead.sum(axis=1) + 1
+    out = {f"R@{k}": float(np.mean(ranks <= k)) for k in recall_ks}
+    out["MedR"] = float(np.median(ranks))
+    return out
+
+
+def graded_ndcg(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    relevance: np.ndarray,
+    *,
+    pairing: str,
+    k: int = 10,
+    chunk_size: int = 1024,
+) -> float | None:
+    """Graded nDCG@k: one ranking figure over every level, from the item to its relatives.
+
+    Rows of ``queries`` and ``gallery`` are the same N items (one or two modalities). For
+    query ``i`` each gallery item ``j`` has a gain:
+
+    - 3 (``OWN_PAIR_GAIN``) when ``j == i`` and ``pairing == "cross"`` (the item's own
+      image or text);
+    - else ``relevance[label_i, label_j]``: 2 for an item of the query's class, 1 for an
+      item under the same parent class, 0 otherwise (``Hierarchy.graded_relevance``).
+
+    With ``pairing == "self"`` (an in-modal gallery) the query itself is left out. The
+    ranking is by dot product, equal scores to the lower gallery index. With linear gains,
+    ``DCG@k = Σ_{r=1..k} gain_r / log2(r + 1)`` and ``nDCG@k = DCG@k / IDCG@k``, where
+    ``IDCG@k`` is the DCG of the gallery's gains sorted in decreasing order. The result is
+    the mean over queries; a query whose gallery holds no gain at all (IDCG = 0: an in-modal
+    query alone in a top-level class) cannot be ranked and is left out of the mean.
+
+    Args:
+        queries: L2-normalised embeddings, shape (N, D).
+        query_labels: class indices, shape (N,).
+        gallery: L2-normalised embeddings of the same N items, shape (N, D).
+        gallery_labels: class indices, shape (N,); equal to ``query_labels`` for the same
+            items (they are one item's class).
+        relevance: (K, K) integer class-level gains.
+        pairing: ``"cross"`` (gallery ``i`` is query ``i``'s own pair) or ``"self"``
+            (gallery ``i`` is query ``i`` itself, excluded).
+        k: the cut-off.
+        chunk_size: queries scored at once; memory is about ``chunk_size × N`` floats.
+
+    Returns:
+        The mean nDCG@k, or None when no query can be ranked.
+    """
+    if pairing not in ("cross", "self"):
+        raise ValueError(f"graded_ndcg: pairing must be 'cross' or 'self', got {pairing!r}")
+    q = _as_embeddings(queries, "queries")
+    g = _as_embeddings(gallery, "gallery")
+    if q.shape != g.shape:
+        raise ValueError(f"graded_ndcg: queries {q.shape} and gallery {g.shape} must pair rows")
+    n = len(q)
+    rel = _as_square(relevance, "relevance", None).astype(np.float64)
+    ql = _as_labels(query_labels, n, "query_labels", len(rel))
+    gl = _as_labels(gallery_labels, n, "gallery_labels", len(rel))
+    (k,) = _as_ks([k], "k")
+    chunk_size = _as_chunk(chunk_size, "graded_ndcg")
+    cross = pairing == "cross"
+    if n < (1 if cross else 2):
+        return None
+
+    # Ideal DCG from counts: how many gallery items of each gain each query has.
+    hist = np.bincount(gl, minlength=len(rel)).astype(np.float64)
+    levels = np.unique(rel[rel > 0])[::-1]
+    counts = np.stack([(rel[ql] == lv).astype(np.float64) @ hist for lv in levels], axis=1)
+    # The own pair (cross) or the query itself (self) was counted at its class gain.
+    own_level = np.searchsorted(-levels, -rel[ql, gl])
+    has_own = rel[ql, gl] > 0
+    counts[np.flatnonzero(has_own), own_level[has_own]] -= 1
+    gains_ideal = list(levels)
+    if cross:
+        counts = np.concatenate([np.ones((n, 1)), counts], axis=1)
+        gains_ideal = [float(OWN_PAIR_GAIN), *gains_ideal]
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    # Position r of the ideal list holds the first gain level whose cumulative count passes r.
+    cum = np.cumsum(counts, axis=1)
+    pos = np.arange(k)[None, :, None] < cum[:, None, :]  # (n, k, levels)
+    first = np.where(pos.any(axis=2), pos.argmax(axis=2), len(gains_ideal))
+    ideal_gain = np.append(np.asarray(gains_ideal), 0.0)[first]
+    idcg = ideal_gain @ discount
+
+    dtype = np.result_type(q.dtype, g.dtype, np.float32)
+    q, g_t = q.astype(dtype, copy=False), g.astype(dtype, copy=False).T
+    kk = min(k, n if cross else n - 1)
+    dcg = np.empty(n)
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        sims = q[start:stop] @ g_t
+        rows = np.arange(stop - start)
+        if not cross:
+            sims[rows, start + rows] = -np.inf
+        top = _topk_rows(sims, kk)
+        gain = rel[ql[start:stop, None], gl[top]]
+        if cross:
+            gain = np.where(top == (start + rows)[:, None], float(OWN_PAIR_GAIN), gain)
+        dcg[start:stop] = gain @ discount[:kk]
+    ok = idcg > 0
+    return float(np.mean(dcg[ok] / idcg[ok])) if ok.any() else None
+
+
 def _topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the k largest entries per row, largest first, ties to the lower index."""
     n_rows, n = scores.shape
@@ -254,6 +416,12 @@ def _topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
     cols = np.nonzero(keep)[1].reshape(n_rows, k)  # ascending within each row
     order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1, kind="stable")
     return np.take_along_axis(cols, order, axis=1)
+
+
+def _as_chunk(chunk_size: int, where: str) -> int:
+    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"{where}: chunk_size must be a positive int, got {chunk_size!r}")
+    return int(chunk_size)
 
 
 def _as_ks(ks: Iterable[int], name: str) -> tuple[int, ...]:

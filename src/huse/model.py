@@ -7,8 +7,13 @@ saved directory encodes raw images and texts: ``huse.load(path).encode_text([...
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
-from collections.abc import Callable
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from huse._io import atomic_path, atomic_write_text
-from huse.errors import RunError
+from huse.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from huse.dataset import FeatureSet
@@ -168,13 +173,18 @@ class HUSENet(nn.Module):
             getattr(self, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)).float())
             getattr(self, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-6).float())
 
-    def embed_image(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_drop((x - self.image_mean) / self.image_std)
-        return F.normalize(self.image_tower(x), dim=-1)
+    def embed_image(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image features to embeddings; ``normalize=False``: the tower's output before
+        the L2 normalisation."""
+        z = self.image_tower(self.input_drop((x - self.image_mean) / self.image_std))
+        return F.normalize(z, dim=-1) if normalize else z
 
-    def embed_text(self, x: torch.Tensor, tfidf: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.input_drop((x - self.text_mean) / self.text_std)
-        return F.normalize(self.text_tower(x, tfidf), dim=-1)
+    def embed_text(
+        self, x: torch.Tensor, tfidf: torch.Tensor | None = None, normalize: bool = True
+    ) -> torch.Tensor:
+        """Text features (and TF-IDF rows) to embeddings; see ``embed_image``."""
+        z = self.text_tower(self.input_drop((x - self.text_mean) / self.text_std), tfidf)
+        return F.normalize(z, dim=-1) if normalize else z
 
     def logits(
         self, image_emb: torch.Tensor | None, text_emb: torch.Tensor | None
@@ -221,6 +231,106 @@ class HUSENet(nn.Module):
         return image, text, tfidf
 
 
+def default_device() -> str:
+    """``cuda`` where torch sees a CUDA GPU, else ``cpu`` (sentence-transformers' choice)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(name: str | torch.device) -> torch.device:
+    """``name`` as a torch device that exists here; ``ConfigError`` (one line: what to
+    use instead) otherwise, before any work is done on it."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device {name!r} is not a torch device; use cpu, cuda or cuda:N") from e
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            raise ConfigError(
+                f"device {name!r}: torch sees {n} CUDA GPU{'s' if n != 1 else ''} here; "
+                "use cpu" + (f" or cuda:0..cuda:{n - 1}" if n > 1 else "")
+            )
+    return dev
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No transformers "Loading weights" bar while a backbone loads inside ``encode_*``.
+
+    transformers reads its switch when it is imported, which happens inside the first
+    forward pass; the switch is set for that call only and put back after, so a caller's
+    own use of transformers keeps its bars. ``HF_HUB_DISABLE_PROGRESS_BARS`` set by the
+    caller (``huse --verbose`` sets it to 0) decides instead.
+    """
+    key = "HF_HUB_DISABLE_PROGRESS_BARS"
+    if key in os.environ:  # the caller's own choice holds
+        yield
+        return
+    logging_mod = sys.modules.get("transformers.utils.logging")
+    if logging_mod is not None:
+        was = logging_mod.is_progress_bar_enabled()
+        logging_mod.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was:
+                with warnings.catch_warnings():  # huggingface_hub's own switch may be locked
+                    warnings.simplefilter("ignore")
+                    logging_mod.enable_progress_bar()
+        return
+    # huggingface_hub copies the variable into these modules when they are imported.
+    hub_modules = ("huggingface_hub.constants", "huggingface_hub.utils.tqdm")
+    imported_before = {m for m in hub_modules if m in sys.modules}
+    hub_tqdm = sys.modules.get("huggingface_hub.utils.tqdm")
+    user_disabled = hub_tqdm is not None and hub_tqdm.are_progress_bars_disabled()
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+        for name in set(hub_modules) - imported_before:
+            if name in sys.modules:
+                sys.modules[name].HF_HUB_DISABLE_PROGRESS_BARS = None
+        if "transformers.utils.logging" in sys.modules and not user_disabled:
+            with warnings.catch_warnings():  # huggingface_hub warns when a switch is locked
+                warnings.simplefilter("ignore")
+                sys.modules["transformers.utils.logging"].enable_progress_bar()
+
+
+def _is_one_image(x: object) -> bool:
+    """Whether ``x`` is one image (a path, its bytes or a PIL image), not a collection."""
+    from PIL import Image
+
+    return isinstance(x, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image))
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size``, read lazily: a generator is never held whole."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def _count(items: object, single: bool, size: int) -> int | None:
+    """Batches ``_batches`` will give, when ``items`` has a length (for the progress bar)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"batch_size must be a whole number of at least 1, not {size!r}")
+    if single:
+        return 1
+    try:
+        return -(-len(items) // size)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _progress(batches: Iterator[list], total: int | None, desc: str, show: bool | None):
+    if not show:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=total, desc=desc, unit="batch")
+
+
 def csr_to_torch(m: sp.csr_matrix) -> torch.Tensor:
     """A scipy CSR matrix to a torch sparse COO tensor (what ``torch.sparse.mm`` takes)."""
     coo = m.tocoo()
@@ -248,23 +358,42 @@ class ModelInfo:
 class HUSEModel:
     """A trained model that embeds raw images and texts.
 
+    ``encode_text`` and ``encode_image`` follow sentence-transformers' ``encode``: one
+    string, path or image gives one 1-D vector; a list or any other iterable (a generator
+    too) gives an N×D matrix; ``batch_size``, ``show_progress_bar``, ``convert_to_numpy``,
+    ``convert_to_tensor``, ``normalize_embeddings`` and ``device`` mean what they mean
+    there. ``similarity(a, b)`` is the cosine similarity matrix of two sets of vectors.
+
     Args:
         net: the trained towers.
         info: configuration, classes and backbone names.
         tfidf: the fitted TF-IDF vectoriser (None when the model takes no TF-IDF).
         graph: the K×K semantic graph it was trained with (kept for reports).
+        device: where the towers and the backbones run (``cpu``, ``cuda``, ``cuda:1``...;
+            None: ``default_device()``).
+        backend: the offline backbones' inference backend (``auto``: ONNX Runtime on a
+            CPU where installed, as ``huse fit`` extracts; ``torch``; ``onnx``).
     """
 
     def __init__(
-        self, net: HUSENet, info: ModelInfo, tfidf=None, graph=None, device: str = "cpu"
+        self,
+        net: HUSENet,
+        info: ModelInfo,
+        tfidf=None,
+        graph=None,
+        device: str | None = "cpu",
+        backend: str = "auto",
     ) -> None:
         # The towers and the backbones run on one device; a net handed over from training
         # elsewhere moves to it.
-        self.device = torch.device(device)
+        self.device = check_device(device if device is not None else default_device())
         self.net = net.to(self.device).eval()
         self.info = info
         self.tfidf = tfidf
         self.graph = graph
+        self.backend = backend
+        # Each backbone is built on first use, so a text query never loads the image
+        # network and an image query never loads the text one.
         self._image_bb = self._text_bb = None
 
     @property
@@ -272,28 +401,47 @@ class HUSEModel:
         return self.info.classes
 
     @property
-    def image_backbone(self):
-        if self._image_bb is None:
-            from huse.backbones import get_backbone
+    def embed_dim(self) -> int:
+        """D, the size of the embeddings."""
+        return self.info.model.embed_dim
 
-            self._image_bb = get_backbone(
-                self.info.image_backbone,
-                "image",
-                image_fit=self.info.image_fit,
-                device=str(self.device),
+    def to(self, device: str | torch.device) -> HUSEModel:
+        """Move the towers to ``device``; the backbones follow on their next use."""
+        device = check_device(device)
+        if device != self.device:
+            self.device = device
+            self.net.to(device)
+            # A backbone is built for one device: the next query builds it anew there.
+            self._image_bb = self._text_bb = None
+        return self
+
+    def _backbone(self, name: str, kind: str, **options):
+        from huse.backbones import get_backbone
+        from huse.backbones._registry import _lookup
+
+        # The backend `huse fit` extracted the catalogue with (auto: ONNX Runtime on a CPU
+        # where installed), for the backbones that take one: a query then needs neither
+        # the eager model nor transformers' modelling code, seconds at start-up.
+        entry, _ = _lookup(name, kind)
+        if "backend" in entry.options:
+            options["backend"] = self.backend
+        return get_backbone(name, kind, device=str(self.device), **options)
+
+    @property
+    def image_backbone(self):
+        """The image backbone, built on first use."""
+        if self._image_bb is None:
+            self._image_bb = self._backbone(
+                self.info.image_backbone, "image", image_fit=self.info.image_fit
             )
         return self._image_bb
 
     @property
     def text_backbone(self):
+        """The text backbone, built on first use."""
         if self._text_bb is None:
-            from huse.backbones import get_backbone
-
-            self._text_bb = get_backbone(
-                self.info.text_backbone,
-                "text",
-                text_pooling=self.info.text_pooling,
-                device=str(self.device),
+            self._text_bb = self._backbone(
+                self.info.text_backbone, "text", text_pooling=self.info.text_pooling
             )
         return self._text_bb
 
@@ -307,7 +455,7 @@ class HUSEModel:
             .numpy()
             for s in range(0, len(feats), batch_size)
         ]
-        return np.concatenate(out) if out else np.zeros((0, self.info.model.embed_dim), "f4")
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), "f4")
 
     @torch.no_grad()
     def embed_text_features(
@@ -318,57 +466,181 @@ class HUSEModel:
             t = csr_to_torch(tfidf[s : s + batch_size]).to(dev) if tfidf is not None else None
             x = torch.from_numpy(feats[s : s + batch_size]).float().to(dev)
             out.append(self.net.embed_text(x, t).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.info.model.embed_dim), "f4")
+        return np.concatenate(out) if out else np.zeros((0, self.embed_dim), "f4")
 
     # -- raw inputs → embeddings -----------------------------------------------------
-    def encode_image(self, images, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Embed images (paths, bytes or PIL images) as L2-normalised float32 vectors.
+    @torch.no_grad()
+    def encode_text(
+        self,
+        texts: str | Iterable[str],
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool = True,
+        device: str | None = None,
+        keepdims: bool = False,
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """Embed texts in the shared space.
+
+        Args:
+            texts: one string (gives one 1-D vector) or an iterable of strings (an N×D
+                matrix); a generator is read batch by batch.
+            batch_size: texts per forward pass.
+            show_progress_bar: a progress bar over the batches (None: off).
+            convert_to_numpy: a float32 numpy array (the default); False (and no
+                ``convert_to_tensor``): a list of 1-D tensors.
+            convert_to_tensor: one torch tensor on the model's device (wins over
+                ``convert_to_numpy``).
+            normalize_embeddings: L2-normalised rows, the space the model was trained in
+                (the default, unlike sentence-transformers, whose models are not
+                normalised); False: the tower's output before its normalisation.
+            device: run on this device from now on (moves the model, as
+                sentence-transformers' ``device`` does); None: the model's.
+            keepdims: a single string gives a 1×D matrix instead of a 1-D vector.
 
         Raises:
-            huse.data.images.ImageError: an image cannot be read.
+            TypeError: an item is not a string.
+        """
+        from huse.data.text import normalize_text
+
+        single = isinstance(texts, str)
+        if device is not None:
+            self.to(device)
+        bb = self.text_backbone
+        dev, rows, done = self.device, [], 0
+        for batch in _progress(_batches([texts] if single else texts, batch_size),
+                               _count(texts, single, batch_size), "encoding texts",
+                               show_progress_bar):  # fmt: skip
+            for i, t in enumerate(batch):
+                if not isinstance(t, str):
+                    raise TypeError(f"texts must be strings; item {done + i} is {type(t).__name__}")
+            done += len(batch)
+            clean = [normalize_text(t) for t in batch]
+            with _quiet_loading():
+                x = bb.forward([bb.prepare(t) for t in clean]).float().to(dev)
+            tf = None
+            if self.tfidf is not None:
+                tf = csr_to_torch(self.tfidf.transform(clean)).to(dev)
+            rows.append(self.net.embed_text(x, tf, normalize=normalize_embeddings))
+        return self._output(rows, single and not keepdims, convert_to_numpy, convert_to_tensor)
+
+    @torch.no_grad()
+    def encode_image(
+        self,
+        images,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        normalize_embeddings: bool = True,
+        device: str | None = None,
+        keepdims: bool = False,
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """Embed images in the shared space.
+
+        Args:
+            images: one image (a path, ``bytes`` or a PIL image; gives one 1-D vector) or
+                an iterable of them (an N×D matrix); a generator is read batch by batch.
+            batch_size, show_progress_bar, convert_to_numpy, convert_to_tensor,
+            normalize_embeddings, device, keepdims: as in ``encode_text``.
+
+        Raises:
+            huse.data.images.ImageError: an image cannot be read; among several, the
+                message names which (its path, or its position).
         """
         from PIL import Image
 
-        from huse.data.images import load_image, to_rgb_on_white
+        from huse.data.images import ImageError, load_image, to_rgb_on_white
 
+        single = _is_one_image(images)
+        if device is not None:
+            self.to(device)
         bb = self.image_backbone
-        feats = []
-        for s in range(0, len(images), batch_size):
-            batch = []
-            for im in images[s : s + batch_size]:
-                pil = to_rgb_on_white(im) if isinstance(im, Image.Image) else load_image(im)
-                batch.append(bb.preprocess(pil))
-            feats.append(bb.forward(torch.stack(batch)).numpy())
-        if not feats:
-            return np.zeros((0, self.info.model.embed_dim), np.float32)
-        return self.embed_image_features(np.concatenate(feats))
+        dev, rows, done = self.device, [], 0
+        for batch in _progress(_batches([images] if single else images, batch_size),
+                               _count(images, single, batch_size), "encoding images",
+                               show_progress_bar):  # fmt: skip
+            pixels = []
+            for i, im in enumerate(batch):
+                if isinstance(im, Image.Image):
+                    pil = to_rgb_on_white(im)
+                else:
+                    try:
+                        pil = load_image(im)
+                    except ImageError as e:  # its message says what, not which file
+                        if single:  # the caller knows which
+                            raise
+                        which = os.fspath(im) if isinstance(im, (str, os.PathLike)) else None
+                        raise ImageError(f"{which or f'image {done + i}'}: {e}") from None
+                pixels.append(bb.preprocess(pil))
+            done += len(batch)
+            with _quiet_loading():
+                x = bb.forward(torch.stack(pixels)).float().to(dev)
+            rows.append(self.net.embed_image(x, normalize=normalize_embeddings))
+        return self._output(rows, single and not keepdims, convert_to_numpy, convert_to_tensor)
 
-    def encode_text(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Embed texts as L2-normalised float32 vectors (batched, no grad)."""
-        from huse.data.text import normalize_text
+    def _output(
+        self, rows: list[torch.Tensor], squeeze: bool, to_numpy: bool, to_tensor: bool
+    ) -> np.ndarray | torch.Tensor | list[torch.Tensor]:
+        """The batches' embeddings in the form ``encode_*`` was asked for."""
+        out = torch.cat(rows) if rows else torch.zeros((0, self.embed_dim), device=self.device)
+        if squeeze:
+            out = out[0]
+        if to_tensor:
+            return out
+        if to_numpy:
+            return out.cpu().numpy().astype(np.float32, copy=False)
+        return list(out) if not squeeze else out
 
-        bb = self.text_backbone
-        texts = [normalize_text(t) for t in texts]
-        feats = [
-            bb.forward([bb.prepare(t) for t in texts[s : s + batch_size]]).numpy()
-            for s in range(0, len(texts), batch_size)
-        ]
-        if not feats:
-            return np.zeros((0, self.info.model.embed_dim), np.float32)
-        tf = self.tfidf.transform(texts) if self.tfidf is not None else None
-        return self.embed_text_features(np.concatenate(feats), tf)
+    @staticmethod
+    def similarity(a, b) -> np.ndarray | torch.Tensor:
+        """Cosine similarities of every row of ``a`` with every row of ``b``: an N×M matrix.
+
+        ``a`` and ``b`` are embeddings (numpy arrays or torch tensors; a 1-D vector is
+        one row). Numpy in, numpy out; a tensor on either side gives a tensor.
+        """
+        as_tensor = isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor)
+        ta, tb = (torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v)
+                  for v in (a, b))  # fmt: skip
+        if ta.device != tb.device:
+            tb = tb.to(ta.device)
+        ta, tb = (torch.atleast_2d(t).float() for t in (ta, tb))
+        if ta.shape[-1] != tb.shape[-1]:
+            raise ValueError(
+                f"vectors of {ta.shape[-1]} and {tb.shape[-1]} dims cannot be compared"
+            )
+        sim = F.normalize(ta, dim=-1) @ F.normalize(tb, dim=-1).T
+        return sim if as_tensor else sim.cpu().numpy()
 
     @torch.no_grad()
     def classify(
-        self, images=None, texts: list[str] | None = None, top_k: int = 5
-    ) -> list[list[tuple[str, float]]]:
+        self, images=None, texts: str | Iterable[str] | None = None, top_k: int = 5,
+        batch_size: int = 32,
+    ) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:  # fmt: skip
         """Top classes with probabilities: from images, texts, or both (fused).
 
-        Both given: items pair up by position and the fused prediction is returned.
+        Both given: items pair up by position and the fused prediction is returned. One
+        image and/or one text (not in a list) gives one list of ``(class, probability)``;
+        iterables give one such list per item.
+
+        Raises:
+            ValueError: images and texts of different counts, or a method whose classifier
+                cannot take this input.
         """
-        ie = torch.from_numpy(self.encode_image(images)) if images is not None else None
-        te = torch.from_numpy(self.encode_text(texts)) if texts is not None else None
-        li, lt, lj = self.net.logits(ie, te)
+        single = (images is None or _is_one_image(images)) and (
+            texts is None or isinstance(texts, str)
+        )
+        ie = te = None
+        if images is not None:
+            ie = torch.from_numpy(self.encode_image(images, batch_size, keepdims=True))
+        if texts is not None:
+            te = torch.from_numpy(self.encode_text(texts, batch_size, keepdims=True))
+        if ie is not None and te is not None and len(ie) != len(te):
+            raise ValueError(
+                f"{len(ie)} images and {len(te)} texts: give as many of each (they pair up)"
+            )
+        li, lt, lj = self.net.logits(*(None if e is None else e.to(self.device) for e in (ie, te)))
         if lj is not None:
             probs = lj.softmax(-1)
         elif li is not None and lt is not None:
@@ -382,10 +654,11 @@ class HUSEModel:
             )
         k = min(top_k, probs.shape[1])
         p, idx = probs.topk(k, dim=-1)
-        return [
+        out = [
             [(self.classes[j], float(v)) for v, j in zip(pr.tolist(), ix.tolist())]
-            for pr, ix in zip(p, idx)
+            for pr, ix in zip(p.cpu(), idx.cpu())
         ]
+        return out[0] if single and out else out
 
     # -- save / load -----------------------------------------------------------------
     def save(self, path: str | Path, card: str | None = None) -> None:
@@ -414,11 +687,12 @@ class HUSEModel:
             atomic_write_text(path / "README.md", card)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> HUSEModel:
+    def load(cls, path: str | Path, device: str | None = None, backend: str = "auto") -> HUSEModel:
         """Read a model directory (or a run folder holding ``model/``) written by ``save``.
 
         ``device`` (``cpu``, ``cuda``, ``cuda:1``...) is where the towers and the backbones
-        embed queries.
+        embed queries; None: a CUDA GPU when torch sees one, else the CPU. ``backend``:
+        see the class.
 
         Only JSON, safetensors and ``.npy`` without pickles are read: nothing in the folder
         can run code.
@@ -477,4 +751,4 @@ class HUSEModel:
             except (OSError, ValueError, EOFError) as e:
                 msg = f"{path / 'graph.npy'} is damaged ({type(e).__name__}: {e}). {redo}"
                 raise RunError(msg) from e
-        return cls(net, info, tfidf=tfidf, graph=graph, device=device)
+        return cls(net, info, tfidf=tfidf, graph=graph, device=device, backend=backend)

@@ -43,7 +43,14 @@ from huse._io import atomic_path, atomic_write_text
 from huse.card import model_card
 from huse.checkpoint import data_fingerprint, load_checkpoint
 from huse.config import IndexConfig
-from huse.dataset import DataConfig, FeatureSet, build_feature_set, write_skipped
+from huse.data.manifest import Manifest
+from huse.dataset import (
+    DataConfig,
+    FeatureSet,
+    NoUsableRowsError,
+    build_feature_set,
+    write_skipped,
+)
 from huse.errors import RunError, UnsafeOutputError
 from huse.evaluate import evaluate_net, evaluate_raw, summary_scores
 from huse.graph import build_graph, class_name_text
@@ -53,7 +60,9 @@ from huse.index import (
     build_index,
     check_factory,
     check_output_dir,
+    load_items,
     model_fingerprint,
+    update_folder,
 )
 from huse.methods import TrainConfig
 from huse.model import HUSEModel, HUSENet, ModelInfo
@@ -234,7 +243,11 @@ class RunDir:
             text_pooling=fs.config.text_pooling,
         )
         model = HUSEModel(result.net, info, tfidf=fs.tfidf_model, graph=graph)
-        model.save(self.model_dir, card=model_card(metrics, asdict(cfg), asdict(fs.config)))
+        card = model_card(
+            metrics, asdict(cfg), asdict(fs.config), classes=fs.hierarchy.classes,
+            sep=fs.hierarchy.sep, manifest=self.info()["manifest"],
+        )  # fmt: skip
+        model.save(self.model_dir, card=card)
         atomic_write_text(self.metrics_file, json.dumps(metrics, indent=2))
         return model
 
@@ -583,9 +596,34 @@ def evaluate_run(
 
 
 # -- the catalogue index -----------------------------------------------------------------------
+CONTENT_VERSION = "huse-index-content/1"  # what an item's ``content`` digest is made of
+
+
+def content_digests(items: pd.DataFrame, max_file_bytes: int) -> list[str]:
+    """Per item, a digest of its image file's bytes, its text and its class path: what
+    ``index_run(update=True)`` compares a manifest against. An unreadable image gives a
+    digest of its path (the item is skipped when embedded anyway)."""
+    import hashlib
+
+    from huse.features import hash_image_files
+
+    keys, _ = hash_image_files(
+        items["image"].astype(str).tolist(), CONTENT_VERSION, max_file_bytes=max_file_bytes
+    )
+    out = []
+    for key, path, text, cls in zip(
+        keys, items["image"].astype(str), items["text"].astype(str), items["classes"].astype(str)
+    ):
+        h = hashlib.sha256(CONTENT_VERSION.encode())
+        for part in (key or f"unreadable:{path}", text, cls):
+            h.update(b"\0" + part.encode("utf-8", "surrogatepass"))
+        out.append(h.hexdigest())
+    return out
+
+
 def embed_catalogue(
     model: HUSEModel,
-    manifest: str | Path,
+    manifest: str | Path | Manifest,
     data_config: DataConfig | None = None,
     *,
     progress: bool = True,
@@ -598,7 +636,8 @@ def embed_catalogue(
     model never saw: a catalogue is searched by its embeddings, not its labels.
 
     Returns:
-        ``(items, {"image": (N, D), "text": (N, D)}, skipped rows)``.
+        ``(items, {"image": (N, D), "text": (N, D)}, skipped rows)``; ``items`` has a
+        ``content`` column (``content_digests``).
     """
     from tqdm.auto import tqdm
 
@@ -621,7 +660,9 @@ def embed_catalogue(
                 fs.text[e], tfidf[e] if tfidf is not None else None
             )
             bar.update(len(fs.text[e]))
-    return fs.items, out, fs.skipped
+    items = fs.items.copy()
+    items["content"] = content_digests(items, data_config.max_image_file_bytes)
+    return items, out, fs.skipped
 
 
 def index_run(
@@ -631,18 +672,22 @@ def index_run(
     *,
     out: str | Path | None = None,
     progress: bool = True,
+    update: bool = False,
 ) -> tuple[CatalogueIndex, Path]:
     """Embed a run's catalogue (its manifest, or another) and write ``RUN/index``.
 
     Args:
         run: a run folder from ``huse fit`` (or a bare model folder with ``manifest``).
         manifest: the catalogue; None: the manifest the run was trained on.
-        config: index type.
+        config: index type (``keep_missing`` and ``retrain`` for an update).
         out: where to write the index folder (default ``RUN/index``).
         progress: show progress bars.
+        update: bring the existing index up to date with ``manifest`` instead of building
+            it anew (see ``update_index``); without an index there, build one.
 
     Returns:
-        The index and the folder it was written to.
+        The index and the folder it was written to. After an update, ``index.info
+        ["update"]`` holds the added, changed, removed and unchanged counts and warnings.
     """
     rd = RunDir(run)
     config = config or IndexConfig()
@@ -656,6 +701,29 @@ def index_run(
     data_config = rd.data_config(required=False)
     model = HUSEModel.load(model_dir)
     check_factory(config.factory, model.info.model.embed_dim, config.search_params)
+    if update and (target / "index.json").exists():
+        return update_index(model, model_dir, target, manifest, data_config, config, progress)
+    index, target = _build_full(model, model_dir, target, manifest, data_config, config, progress)
+    if update:
+        n = len(index)
+        index.info["update"] = {"added": n, "changed": 0, "removed": 0, "unchanged": 0}
+        index.info["update"] |= {"dropped": 0, "warnings": [], "rebuilt": True}
+    index.save(target)
+    if update:
+        index.info["update"]["written"] = True
+    return index, target
+
+
+def _build_full(
+    model: HUSEModel,
+    model_dir: Path,
+    target: Path,
+    manifest: str | Path,
+    data_config: DataConfig | None,
+    config: IndexConfig,
+    progress: bool,
+) -> tuple[CatalogueIndex, Path]:
+    """Embed every item of ``manifest`` and build the index (not written)."""
     t0 = time.perf_counter()
     items, vectors, skipped = embed_catalogue(model, manifest, data_config, progress=progress)
     seconds_embed = time.perf_counter() - t0
@@ -670,6 +738,117 @@ def index_run(
         "skipped": int(len(skipped)),
         "seconds_embed": round(seconds_embed, 3),
     }
-    index = build_index(vectors, items, config, info)
-    index.save(target)
+    return build_index(vectors, items, config, info), target
+
+
+def update_index(
+    model: HUSEModel,
+    model_dir: Path,
+    target: Path,
+    manifest: str | Path,
+    data_config: DataConfig | None,
+    config: IndexConfig,
+    progress: bool = True,
+) -> tuple[CatalogueIndex, Path]:
+    """Bring the index at ``target`` up to date with ``manifest``, embedding only new and
+    changed items.
+
+    Items are matched by id; an item is changed when its content digest (image bytes,
+    text, class path) differs. New items are added, changed ones replaced, and items no
+    longer in the manifest removed (kept with ``config.keep_missing``). The FAISS indexes
+    are updated in place (no retraining; ``config.retrain`` rebuilds them from all the
+    items' vectors). The new state is written as a whole new folder swapped in at once,
+    so a kill leaves the old index usable and a rerun finishes the update.
+    """
+    from dataclasses import replace
+
+    from huse.data.manifest import read_manifest
+
+    t0 = time.perf_counter()
+    old_items, old_info = load_items(target)
+    sha = model_fingerprint(model_dir)
+    if old_info.get("model", {}).get("sha256") not in (None, sha):
+        raise RunError(
+            f"{target} was built with another model (the weights changed since); an update "
+            "would mix two embedding spaces: rebuild it with `huse index RUN` (no --update)"
+        )
+    dc = data_config or DataConfig(
+        image_backbone=model.info.image_backbone, text_backbone=model.info.text_backbone
+    )
+    man = read_manifest(manifest, dc.manifest)
+    digests = content_digests(man.items, dc.max_image_file_bytes)
+    old_ids = old_items["id"].astype(str).tolist()
+    old_content = (
+        old_items["content"].astype(str).tolist()
+        if "content" in old_items.columns
+        else [None] * len(old_items)  # an index from before content digests: all re-embedded
+    )
+    row_of = {i: r for r, i in enumerate(old_ids)}
+    fresh, replaced, unchanged = [], [], 0
+    for pos, (item_id, digest) in enumerate(zip(man.items["id"].astype(str), digests)):
+        r = row_of.get(item_id)
+        if r is None:
+            fresh.append(pos)
+        elif old_content[r] != digest:
+            replaced.append(pos)
+        else:
+            unchanged += 1
+    seen = set(man.items["id"].astype(str))
+    missing = [r for r, i in enumerate(old_ids) if i not in seen]
+    remove = [row_of[str(man.items["id"].iloc[p])] for p in replaced]
+    if not config.keep_missing:
+        remove += missing
+    todo = sorted(fresh + replaced)
+    skipped = man.skipped
+    new_items = old_items.iloc[:0].copy()
+    vectors = {m: np.zeros((0, old_info["dim"]), np.float32) for m in old_info["modalities"]}
+    n_skipped = len(skipped)
+    if todo and not config.retrain:
+        sub = replace(man, items=man.items.iloc[todo].reset_index(drop=True), skipped=[])
+        try:
+            new_items, vectors, emb_skipped = embed_catalogue(model, sub, dc, progress=progress)
+        except NoUsableRowsError as e:  # every new or changed image unreadable: all dropped
+            emb_skipped = e.skipped
+        n_skipped += len(emb_skipped)
+    built = None
+    if config.retrain:
+        # Trained anew on every item's vectors: all of them embedded again (the towers
+        # only: the backbone features of unchanged items come from the cache).
+        requested = old_info.get("requested", config.factory)
+        if config.factory == IndexConfig().factory:
+            config = replace(config, factory=requested)
+        built, _ = _build_full(model, model_dir, target, manifest, data_config, config, progress)
+        new_items = built.items
+    added_ids = set(new_items["id"].astype(str))
+    counts = {
+        "added": sum(str(man.items["id"].iloc[p]) in added_ids for p in fresh),
+        "changed": sum(str(man.items["id"].iloc[p]) in added_ids for p in replaced),
+        "removed": len(missing) if not config.keep_missing else 0,
+        "unchanged": unchanged,
+        # A changed item whose new image cannot be read is dropped, as a fresh build would.
+        "dropped": len(todo) - sum(str(man.items["id"].iloc[p]) in added_ids for p in todo),
+    }
+    if not todo and not remove and not config.retrain:
+        old = CatalogueIndex({}, old_items, old_info)
+        old.info["update"] = counts | {"warnings": [], "rebuilt": False, "written": False}
+        return old, target
+    fields = {
+        "manifest": str(Path(manifest).resolve()),
+        "skipped": int(n_skipped),
+    }
+    if built is not None:
+        index = built
+        index.save(target)
+        warnings_: list[str] = []
+    else:
+        remove_rows = np.asarray(remove, np.int64)
+        index, warnings_ = update_folder(
+            target, remove_rows, new_items, vectors, config, fields, current=(old_items, old_info)
+        )
+    index.info["update"] = counts | {
+        "warnings": warnings_,
+        "rebuilt": bool(config.retrain),
+        "written": True,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
     return index, target

@@ -353,8 +353,9 @@ def _loss(
     return loss_fn(out.image_embedding, out.text_embedding, li, lt, y)
 
 
-def _validate(module: nn.Module, fs: FeatureSet) -> dict:
-    """The validation columns of a log row; ``val_score`` is what early stopping reads."""
+def _validate(module: nn.Module, fs: FeatureSet, monitor: str = "mean_R@1") -> dict:
+    """The validation columns of a log row; ``val_score`` is what early stopping reads
+    (the summary figure named by ``monitor``)."""
     vm = evaluate_net(module, fs, "val")
     sc = summary_scores(vm)
     return {
@@ -363,7 +364,10 @@ def _validate(module: nn.Module, fs: FeatureSet) -> dict:
         "val_acc_fusion": vm["classification"]["fusion"],
         **{f"val_R@1_{d}": vm["retrieval"][d]["R@1"] for d in vm["retrieval"]},
         "val_mean_HP@5": sc["mean_HP@5"],
-        "val_score": sc["mean_R@1"],
+        "val_instance_xR@1": sc["instance_xR@1"],
+        "val_mean_nDCG@10": sc["mean_nDCG@10"],
+        # A split too small for the figure scores 0: early stopping then keeps the first.
+        "val_score": sc[monitor] if sc[monitor] is not None else 0.0,
     }
 
 
@@ -505,7 +509,7 @@ def train(
             bar.set_postfix(meter.shown(), refresh=False)
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in meter.means().items()}}
         if has_val and rank == 0:
-            row.update(_validate(ema.module, fs))
+            row.update(_validate(ema.module, fs, cfg.monitor))
             score = row["val_score"]
         else:
             score = -row.get("train_total", 0.0)

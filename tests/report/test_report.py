@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import html
 import json
 import re
 import subprocess
@@ -112,8 +113,8 @@ def test_every_section_is_drawn(report):
     for sid in SECTIONS:
         body = _section(page, sid)
         assert "could not be drawn" not in body, body[:500]
-    # Plots are embedded PNGs: training curves, map, heatmaps, scatter, per-class bars.
-    assert page.count('src="data:image/png;base64,') == 5
+    # Plots are embedded PNGs: training curves, map, two heatmaps, scatter, per-class bars.
+    assert page.count('src="data:image/png;base64,') == 6
     # Retrieval thumbnails are embedded JPEGs.
     assert "data:image/jpeg;base64," in _section(page, "retrieval")
 
@@ -137,6 +138,74 @@ def test_metrics_section_has_the_runs_numbers(runs, report):
     first_row = re.search(r"<tbody><tr>(.*?)</tr>", body, re.S).group(1)
     row_cells = re.findall(r"<td[^>]*>([^<]*)</td>", first_row)
     assert row_cells[:3] == [fmt(m["classification"][k]) for k in ("image", "text", "fusion")]
+
+
+def _rows(body: str, caption: str) -> dict[str, list[str]]:
+    """Row name → cells of the first table after ``caption`` (keyed 'direction/run' inside
+    direction blocks)."""
+    table = body.split(caption, 1)[1].split("</table>", 1)[0]
+    rows, block = {}, ""
+    for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S):
+        g = re.match(r'<td colspan="\d+">(\w+):', tr)
+        if g:
+            block = g.group(1) + "/"
+            continue
+        name = re.search(r'<th class="row">([^<]*)', tr)
+        if name:
+            rows[block + name.group(1).strip()] = re.findall(r"<td[^>]*>([^<]*)</td>", tr)
+    return rows
+
+
+def _instance_and_graded_cells(body: str, run: str, m: dict) -> None:
+    """The run's instance-level R@K and MedR, graded nDCG@10 and their headlines, as
+    metrics.json has them, in the metrics section's tables."""
+    from huse.report.html import DIRECTION_COLUMNS, fmt_rank
+
+    head = _rows(body, "Classification and headline")[run]
+    assert head[-2:] == [fmt(m["instance"]["xR@1"]), fmt(m["graded"]["mean_nDCG@10"])]
+    col = [c[0] for c in DIRECTION_COLUMNS].index("nDCG@10")
+    by_dir = _rows(body, "Retrieval by direction")
+    for d in ("i2i", "i2t", "t2i", "t2t"):
+        assert by_dir[f"{d}/{run}"][col] == fmt(m["graded"][d]["nDCG@10"])
+    inst = _rows(body, "Instance-level retrieval")
+    for d in ("i2t", "t2i"):
+        i = m["instance"][d]
+        want = [fmt(i["R@1"]), fmt(i["R@5"]), fmt(i["R@10"]), fmt_rank(i["MedR"])]
+        assert inst[f"{d}/{run}"] == want
+
+
+def test_metrics_section_shows_instance_and_graded_metrics(runs, report):
+    _, page = report
+    m = _metrics(runs["huse"])
+    body = _section(page, "metrics")
+    _instance_and_graded_cells(body, "huse (this run)", m)
+    assert f'<div class="v">{fmt(m["instance"]["xR@1"])}</div>' in page  # headline card
+    # The map's histogram and table split the other items by the tree.
+    map_body = _section(page, "map")
+    assert "same class, an item whose class is under the image's parent class" in map_body
+    assert "… of which under the image's parent class" in map_body
+
+
+def test_saved_model_card_matches_the_run(runs):
+    """The card ``huse fit`` wrote: valid front matter whose model-index holds
+    metrics.json's numbers, the run's classes listed."""
+    import yaml
+
+    import huse
+
+    run = runs["huse"]
+    text = (run / "model" / "README.md").read_text(encoding="utf-8")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    m = _metrics(run)
+    got = {x["name"]: x["value"] for r in meta["model-index"][0]["results"] for x in r["metrics"]}
+    assert got["instance xR@1 (own pair)"] == round(m["instance"]["xR@1"], 4)
+    assert got["mean graded nDCG@10"] == round(m["graded"]["mean_nDCG@10"], 4)
+    assert got["fusion accuracy"] == round(m["classification"]["fusion"], 4)
+    assert meta["datasets"] == [run.parent.name]  # the manifest's folder
+    classes = huse.load(run).classes
+    listed = re.findall(r"^- `([^`]*)`$", text, re.M)
+    assert listed == classes
+    assert f"Ran {m['training']['epochs_run']} epochs of a cap of 3" in text
 
 
 def test_training_section_reports_the_log(runs, report):
@@ -185,12 +254,12 @@ def test_confused_pairs_table_lists_real_mistakes(runs, report):
     pred = rd.scores["fusion"].argmax(1)
     h = rd.hierarchy
     wrong = {(h.classes[t], h.classes[p]) for t, p in zip(rd.labels, pred) if t != p}
-    rows = re.findall(
-        r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>(\d+)</td>", _section(page, "classes")
-    )
+    rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(\d+)</td>", _section(page, "classes"))
     assert rows, "no confused pairs listed"
     for true, predicted, _ in rows:
-        assert (true.replace("&lt;", "<"), predicted.replace("&lt;", "<")) in wrong
+        # The cells carry <wbr> break points (and a tooltip span when shortened).
+        true, predicted = (html.unescape(re.sub(r"<[^>]*>", "", c)) for c in (true, predicted))
+        assert (true, predicted) in wrong
 
 
 # --- comparing runs ----------------------------------------------------------------------
@@ -219,6 +288,9 @@ def test_huse_report_compares_two_runs(runs, tmp_path, capsys):
     rows = re.findall(r'<th class="row">(.*?)</th>((?:<td[^>]*>[^<]*</td>)+)', first_table)
     by_name = {re.sub(r"<.*", "", n).strip(): re.findall(r">([^<]*)</td>", c) for n, c in rows}
     assert by_name["shared"][2] == fmt(b["classification"]["fusion"])
+    # Instance-level and graded metrics of both runs, side by side.
+    _instance_and_graded_cells(body, "huse (this run)", a)
+    _instance_and_graded_cells(body, "shared", b)
     assert "Embedding space, run by run" in body
     # The comparison does not overwrite either run's own report.
     assert not (runs["shared"] / "report.html").exists()

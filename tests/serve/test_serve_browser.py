@@ -161,6 +161,62 @@ def test_bad_upload_shows_the_servers_message(page):
     page.screenshot(path=str(ARTIFACTS / "serve-error.png"))
 
 
+def test_url_state_back_forward_more_results_and_the_class_tree(page, server):
+    from urllib.parse import parse_qs, urlparse
+
+    def params() -> dict:
+        return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+    cards, status = page.locator(".card"), page.locator("#status")
+    # A shared link restores the whole search: query, k, filter.
+    page.goto(f"{server}/?q=bird&k=6&under=animals")
+    expect(status).to_contain_text("6 results for “bird” in animals")
+    expect(cards).to_have_count(6)
+    expect(page.locator("#q")).to_have_value("bird")
+    expect(page.locator("#k")).to_have_value("6")
+    expect(page.locator("#filter-chip")).to_have_text("animals")
+    paths = page.locator(".card .path span:first-child").all_text_contents()
+    assert paths == ["animals"] * 6
+
+    # "More results" pages on until the branch (16 items) is exhausted.
+    more = page.locator("#more")
+    more.click()
+    expect(cards).to_have_count(12)
+    assert params()["page"] == "2"
+    more.click()
+    expect(cards).to_have_count(16)  # a short last page: no more
+    expect(more).to_be_hidden()
+    ids_16 = page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.id)")
+    assert len(set(ids_16)) == 16
+    assert params() == {"q": "bird", "k": "6", "under": "animals", "page": "3"}
+
+    # The tree: a narrower branch searches again, from the first page.
+    page.click("#tree-box summary")
+    page.click('#tree button.node[data-path="animals<birds"]')
+    expect(status).to_contain_text("4 results for “bird” in animals › birds")
+    expect(cards).to_have_count(4)
+    assert params() == {"q": "bird", "k": "6", "under": "animals<birds"}
+    page.fill("#q", "car")
+    page.press("#q", "Enter")
+    expect(status).to_contain_text("results for “car” in animals › birds")
+    page.screenshot(path=str(ARTIFACTS / "serve-filter-tree.png"))
+
+    # Back and forward restore each search.
+    page.go_back()
+    expect(page.locator("#q")).to_have_value("bird")
+    expect(cards).to_have_count(4)
+    page.go_back()
+    expect(cards).to_have_count(16)  # all three pages again
+    expect(page.locator("#filter-chip")).to_have_text("animals")
+    assert page.locator(".card").evaluate_all("cs => cs.map(c => c.dataset.id)") == ids_16
+    page.go_forward()
+    expect(cards).to_have_count(4)
+    expect(page.locator("#filter-chip")).to_have_text("animals › birds")
+    page.click("#filter-clear")
+    expect(status).to_contain_text("6 results for “bird” · matched")
+    assert "under" not in params()
+
+
 def test_no_console_errors(page):
     assert page.console_errors == [] or all("415" in e for e in page.console_errors), (
         page.console_errors

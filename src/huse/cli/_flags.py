@@ -8,6 +8,7 @@ shows the field's default.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import MISSING
 from typing import Any
 
@@ -38,6 +39,7 @@ def add_config_flags(
     title: str | None = None,
     skip: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
+    helps: dict[str, str] | None = None,
 ) -> None:
     """Add a flag for every setting of ``cls`` (and its nested configs) to ``parser``.
 
@@ -46,6 +48,8 @@ def add_config_flags(
         title: the help section for ``cls``'s own fields (nested configs get their own).
         skip: setting names (dotted) to leave out.
         defaults: shown defaults that differ from the field's (a preset's, say).
+        helps: help texts that differ from the field's, for what a setting means in
+            this command (``fit``'s one ``--device`` serves the backbones and training).
     """
     groups: dict[str, argparse._ArgumentGroup] = {}
     for s in walk(cls):
@@ -58,7 +62,9 @@ def add_config_flags(
         if g is None:
             g = groups[section] = parser.add_argument_group(section)
         default = (defaults or {}).get(s.name, s.default)
-        help_ = s.help
+        help_ = (helps or {}).get(s.name, s.help)
+        if s.name in (defaults or {}):  # the field's own default no longer applies
+            help_ = re.sub(r"\s*\(default:[^)]*\)", "", help_)
         # A None default is explained by the help itself ("default: $HUSE_CACHE...").
         if default is not MISSING and not (default is None and "default" in help_):
             help_ = (

@@ -29,8 +29,31 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     config = _index_config(args)
     t0 = time.perf_counter()
-    index, out = index_run(args.run, args.manifest, config, out=args.out, progress=not args.quiet)
+    if args.update is not None:
+        if args.manifest is not None:
+            from huse.errors import ConfigError
+
+            raise ConfigError("give the catalogue once: --update MANIFEST, without --manifest")
+        if not Path(args.update).is_file():
+            from huse.errors import ConfigError
+
+            raise ConfigError(f"--update {args.update}: no such manifest file")
+    elif config.keep_missing or config.retrain:
+        from huse.errors import ConfigError
+
+        raise ConfigError("--keep-missing and --retrain apply to an update: add --update MANIFEST")
+    manifest = args.update if args.update is not None else args.manifest
+    index, out = index_run(
+        args.run,
+        manifest,
+        config,
+        out=args.out,
+        progress=not args.quiet,
+        update=args.update is not None,
+    )
     info = index.info
+    if args.update is not None:
+        return _print_update(info, len(index), out, time.perf_counter() - t0)
     params = f", search {info['search_params']}" if info["search_params"] else ""
     print(
         f"indexed {len(index)} items ({len(index)} image + {len(index)} text vectors, "
@@ -38,6 +61,23 @@ def cmd_index(args: argparse.Namespace) -> int:
     )
     if info.get("skipped"):
         print(f"{info['skipped']} manifest rows skipped (unreadable image or invalid row)")
+    print(f"index written to {out}")
+    return 0
+
+
+def _print_update(info: dict, n: int, out: Path, seconds: float) -> int:
+    u = info["update"]
+    counts = f"{u['added']} added, {u['changed']} changed, {u['removed']} removed, "
+    counts += f"{u['unchanged']} unchanged"
+    if u.get("dropped"):
+        counts += f", {u['dropped']} dropped (unreadable image or invalid row)"
+    how = "rebuilt (retrained)" if u.get("rebuilt") else "updated"
+    if not u.get("written", True):
+        print(f"index at {out} is up to date: {counts}")
+        return 0
+    print(f"{how} index: {counts}; {n} items now, {info['factory']}, in {seconds:.1f}s")
+    for w in u.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     print(f"index written to {out}")
     return 0
 
@@ -73,23 +113,117 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise QueryError(f"{args.image}: no such image file")
     if args.text is not None:
         query_text(args.text)
+    if args.queries is not None:
+        return _search_batch(args)
     # A backbone package prints to stdout while loading; keep stdout for the results.
-    with contextlib.redirect_stdout(sys.stderr):
+    with _quiet_output(args.quiet):
         searcher = Searcher.from_run(args.run, args.index, args.search_params)
+        filters = {"under": args.under, "classes": args.classes}
         if args.text is not None:
-            hits = searcher.search_text(args.text, args.k, args.modality)
+            hits = searcher.search_text(args.text, args.k, args.modality, **filters)
         else:
             try:
-                hits = searcher.search_image(args.image, args.k, args.modality)
+                hits = searcher.search_image(args.image, args.k, args.modality, **filters)
             except ImageError as e:  # its message says what, not which file
                 raise ImageError(f"{args.image}: {e}") from None
     if args.json:
         query = {"text": args.text} if args.text is not None else {"image": str(args.image)}
         out = {"query": query | {"k": args.k, "modality": args.modality}}
+        if args.under or args.classes:
+            out["query"] |= {"under": args.under, "class": args.classes}
         out["results"] = [h.to_dict() for h in hits]
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         print(_table(hits, shutil.get_terminal_size((120, 20)).columns))
+    return 0
+
+
+@contextlib.contextmanager
+def _quiet_output(quiet: bool):
+    """stdout kept for results: what packages print while loading goes to stderr, or
+    nowhere with ``--quiet``."""
+    import io
+
+    if not quiet:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+
+
+def _open_queries(source: str):
+    """FILE (or stdin for ``-``), opened now: a missing file is reported before the
+    model loads."""
+    from huse.errors import QueryError
+
+    if source == "-":
+        return sys.stdin
+    if Path(source).is_dir():
+        raise QueryError(f"--queries {source} is a folder; give a text file, one query a line")
+    try:
+        return open(source, encoding="utf-8")  # noqa: SIM115 - closed by _query_lines
+    except OSError as e:
+        raise QueryError(f"--queries {source}: {e.strerror or e}") from None
+
+
+def _query_lines(stream, source: str):
+    """(line number, text) of each non-blank line of ``stream``."""
+    from huse.errors import QueryError
+
+    try:
+        for n, line in enumerate(stream, 1):
+            if line.strip():
+                yield n, line.rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise QueryError(f"--queries {source}: not UTF-8 text ({e.reason})") from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+def _search_batch(args: argparse.Namespace, batch_size: int = 64) -> int:
+    """``--queries``: one text query per line in, one JSON object per line out.
+
+    The model and the index load once; the queries are embedded ``batch_size`` at a
+    time. A line the model cannot search (no words) gets an ``error`` object and the
+    others go on; the exit status is 2 when any line failed.
+    """
+    import itertools
+
+    from huse.errors import QueryError
+    from huse.search import Searcher, query_text
+
+    filters = {"under": args.under, "classes": args.classes}
+    lines = _query_lines(_open_queries(args.queries), args.queries)
+    failed = total = 0
+    with _quiet_output(args.quiet):
+        searcher = Searcher.from_run(args.run, args.index, args.search_params)
+        searcher.check_filter(args.under, args.classes)
+    while chunk := list(itertools.islice(lines, batch_size)):
+        good, records = [], []
+        for n, text in chunk:
+            record = {"line": n, "query": {"text": text, "k": args.k, "modality": args.modality}}
+            try:
+                query_text(text)
+                good.append((text, record))
+            except QueryError as e:
+                record["error"] = str(e)
+            records.append(record)
+        with _quiet_output(args.quiet):
+            vectors = searcher.model.encode_text([t for t, _ in good], batch_size=batch_size)
+            for v, (_, record) in zip(vectors, good):
+                hits = searcher.search_vector(v[None], args.k, args.modality, **filters)
+                record["results"] = [h.to_dict() for h in hits]
+        for record in records:
+            failed += "error" in record
+            print(json.dumps(record, ensure_ascii=False))
+        sys.stdout.flush()
+        total += len(records)
+    if failed:
+        print(f"error: {failed} of {total} queries had no words to search", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -126,6 +260,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run folder from `huse fit`")
     p.add_argument("--manifest", default=None, help="catalogue manifest (default: the run's)")
+    p.add_argument(
+        "--update",
+        default=None,
+        metavar="MANIFEST",
+        help="bring the existing index up to date with MANIFEST: new items are embedded and "
+        "added, changed ones replaced, missing ones removed (see --keep-missing, --retrain)",
+    )
     p.add_argument("--out", default=None, metavar="DIR", help="index folder (default RUN/index)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file with an [index] section")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -137,6 +278,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text", help="query text")
     q.add_argument("--image", help="query image file")
+    q.add_argument(
+        "--queries",
+        metavar="FILE",
+        help="many text queries, one per line (- reads stdin); one JSON object per line out "
+        "(JSON Lines), the model loaded once",
+    )
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument(
         "--modality",
@@ -144,9 +291,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="image",
         help="match the items' images, texts or both (default image)",
     )
+    p.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="BRANCH",
+        help="only items whose class is BRANCH or lies below it ('clothing<dresses'); "
+        "repeatable (any of them)",
+    )
+    p.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="only items of exactly this class path; repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--index", default=None, help="index folder (default RUN/index)")
     p.add_argument("--search-params", default=None, help="override FAISS search parameters")
+    p.add_argument(
+        "--quiet", action="store_true", help="nothing on stderr but errors (no loading notes)"
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="a search page and JSON API over RUN's index")

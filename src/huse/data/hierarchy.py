@@ -127,3 +127,24 @@ class Hierarchy:
 
     def top_level(self, cls: str) -> str:
         return cls.split(self.sep)[0]
+
+    def graded_relevance(self) -> np.ndarray:
+        """K×K int matrix of class-level gains for graded ranking (``metrics.graded_ndcg``).
+
+        Entry ``[q, g]`` is 2 when ``g`` is ``q`` itself; 1 when ``g`` lies under ``q``'s
+        parent class (a sibling, a sibling's descendant, one of ``q``'s own descendants, or
+        the parent itself when the parent is a class); 0 otherwise. A top-level class has no
+        parent class (the virtual root is not one), so for it only its own class gains.
+        """
+        return self._graded_relevance.copy()
+
+    @cached_property
+    def _graded_relevance(self) -> np.ndarray:
+        n = len(self.classes)
+        out = np.zeros((n, n), dtype=np.int8)
+        for i, c in enumerate(self.classes):
+            parent = self.parent[c]
+            if parent != ROOT:
+                out[i, self.descendants(parent)] = 1
+            out[i, i] = 2
+        return out

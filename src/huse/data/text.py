@@ -75,8 +75,16 @@ def salient_truncate(text: str, count_tokens: Callable[[str], int], max_tokens: 
     return " ".join(sentences[i] for i in sorted(kept))
 
 
+# scikit-learn's default token pattern, as ``fit`` configures the vectoriser.
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+
 class TfidfFeatures:
     """A TF-IDF vectoriser whose output stays sparse (CSR), fitted on the train split.
+
+    ``fit`` uses scikit-learn's ``TfidfVectorizer`` (sublinear tf, smoothed idf, L2 rows);
+    ``transform`` and ``load`` compute the same vectors from the vocabulary and the idf
+    weights alone, so embedding a query never imports scikit-learn (seconds at start-up).
 
     Args:
         max_features: vocabulary cap (most frequent terms in the train texts).
@@ -86,26 +94,32 @@ class TfidfFeatures:
     def __init__(self, max_features: int = 10000, min_df: int = 2) -> None:
         self.max_features = max_features
         self.min_df = min_df
-        self._vec = None
+        self._vocab: dict[str, int] | None = None
+        self._idf: np.ndarray | None = None
 
     def fit(self, texts: Sequence[str]) -> TfidfFeatures:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         cleaned = [clean_for_tfidf(t) for t in texts]
         min_df = self.min_df if len(cleaned) >= 2 * self.min_df else 1
-        self._vec = TfidfVectorizer(
+        vec = TfidfVectorizer(
             max_features=self.max_features,
             min_df=min_df,
             sublinear_tf=True,
             dtype=np.float32,
-            token_pattern=r"(?u)\b\w\w+\b",
+            token_pattern=_TOKEN.pattern,
         )
         try:
-            self._vec.fit(cleaned)
+            vec.fit(cleaned)
         except ValueError:  # empty vocabulary: keep a one-term vectoriser that never fires
-            self._vec.set_params(min_df=1)
-            self._vec.fit(["\x00empty"])
+            vec.set_params(min_df=1)
+            vec.fit(["\x00empty"])
+        self._set(vec.get_feature_names_out().tolist(), vec.idf_)
         return self
+
+    def _set(self, vocabulary: list[str], idf) -> None:
+        self._vocab = {t: i for i, t in enumerate(vocabulary)}
+        self._idf = np.asarray(idf, dtype=np.float32)
 
     @property
     def dim(self) -> int:
@@ -113,15 +127,37 @@ class TfidfFeatures:
 
     @property
     def vocabulary(self) -> list[str]:
-        if self._vec is None:
+        if self._vocab is None:
             raise RuntimeError("TfidfFeatures is not fitted")
-        return list(self._vec.get_feature_names_out())
+        return list(self._vocab)
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """Texts to an N×V CSR float32 matrix (L2-normalised rows)."""
-        if self._vec is None:
+        """Texts to an N×V CSR float32 matrix (L2-normalised rows): scikit-learn's
+        ``TfidfVectorizer.transform`` with the fitted vocabulary and idf."""
+        if self._vocab is None or self._idf is None:
             raise RuntimeError("TfidfFeatures is not fitted")
-        return self._vec.transform([clean_for_tfidf(t) for t in texts]).tocsr()
+        vocab = self._vocab
+        indptr, indices, counts = [0], [], []
+        for text in texts:
+            row: dict[int, int] = {}
+            for token in _TOKEN.findall(clean_for_tfidf(text).lower()):
+                j = vocab.get(token)
+                if j is not None:
+                    row[j] = row.get(j, 0) + 1
+            cols = sorted(row)
+            indices += cols
+            counts += [row[c] for c in cols]
+            indptr.append(len(indices))
+        data = np.asarray(counts, dtype=np.float32)
+        cols_arr = np.asarray(indices, dtype=np.int32)
+        # Sublinear tf (1 + log tf), times idf, then each row to unit length.
+        data = (np.log(data) + np.float32(1)) * self._idf[cols_arr]
+        ptr = np.asarray(indptr, dtype=np.int64)
+        n, per_row = len(ptr) - 1, np.diff(ptr)
+        rows = np.repeat(np.arange(n), per_row)
+        norms = np.sqrt(np.bincount(rows, weights=data * data, minlength=n)).astype(np.float32)
+        data /= np.repeat(np.where(norms > 0, norms, 1), per_row)
+        return sp.csr_matrix((data, cols_arr, ptr), shape=(n, len(vocab)))
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -129,18 +165,13 @@ class TfidfFeatures:
             "max_features": self.max_features,
             "min_df": self.min_df,
             "vocabulary": self.vocabulary,
-            "idf": self._vec.idf_.tolist(),
+            "idf": self._idf.tolist(),
         }
         atomic_write_text(path, json.dumps(data))
 
     @classmethod
     def load(cls, path: str | Path) -> TfidfFeatures:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         data = json.loads(Path(path).read_text())
         self = cls(data["max_features"], data["min_df"])
-        vec = TfidfVectorizer(sublinear_tf=True, dtype=np.float32, token_pattern=r"(?u)\b\w\w+\b")
-        vec.vocabulary_ = {t: i for i, t in enumerate(data["vocabulary"])}
-        vec.idf_ = np.asarray(data["idf"], dtype=np.float32)
-        self._vec = vec
+        self._set(data["vocabulary"], data["idf"])
         return self

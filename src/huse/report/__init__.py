@@ -8,6 +8,16 @@ write_report(Path("runs/huse"), compare=[Path("runs/shared")])  # -> runs/huse/r
 ```
 """
 
-from huse.report.html import write_report
+from __future__ import annotations
 
 __all__ = ["write_report"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: ``huse.report.labels`` (used by the model card) must not pull
+    # in matplotlib with the package.
+    if name == "write_report":
+        from huse.report.html import write_report
+
+        return write_report
+    raise AttributeError(f"module 'huse.report' has no attribute {name!r}")

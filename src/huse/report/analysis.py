@@ -137,6 +137,40 @@ def top_levels(h: Hierarchy) -> list[str]:
     return sorted({h.top_level(c) for c in h.classes})
 
 
+HEATMAP_CLASSES = 40  # classes drawn one by one in a heatmap; beyond, a top-N view
+
+
+def heatmap_classes(h: Hierarchy, counts: np.ndarray, limit: int = HEATMAP_CLASSES) -> np.ndarray:
+    """The classes a heatmap draws, in hierarchy order: all when there are at most
+    ``limit``, else the ``limit`` with the most test items. Equal counts go to the class
+    ranked higher within its own top-level group first, so a tie spreads the view over
+    the groups rather than filling it with the first group's classes."""
+    order = hierarchy_order(h)
+    if len(order) <= limit:
+        return order
+    tops = [h.top_level(h.classes[i]) for i in order]
+    by_group: dict[str, list[int]] = {}
+    for r in sorted(range(len(order)), key=lambda r: (-int(counts[order[r]]), r)):
+        by_group.setdefault(tops[r], []).append(r)
+    within = {r: j for rs in by_group.values() for j, r in enumerate(rs)}
+    ranked = sorted(range(len(order)), key=lambda r: (-int(counts[order[r]]), within[r], r))
+    return order[np.sort(ranked[:limit])]
+
+
+def group_matrix(mat: np.ndarray, groups: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """``mat`` (K×K, rows in ``groups``' order) averaged over the class pairs of each
+    pair of groups: off-diagonal, finite entries only. Returns (G×G, group names in order
+    of first appearance); NaN where a block has no such pair."""
+    names = list(dict.fromkeys(groups))
+    gi = np.array([names.index(g) for g in groups])
+    ok = np.isfinite(mat) & ~np.eye(len(mat), dtype=bool)
+    one = np.eye(len(names))[gi]  # K×G membership
+    sums = one.T @ np.where(ok, mat, 0.0) @ one
+    n = one.T @ ok.astype(float) @ one
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, sums / np.maximum(n, 1), np.nan), names
+
+
 # --- embedding-space statistics ----------------------------------------------------------
 
 
@@ -181,19 +215,29 @@ def matrix_correlation(a: np.ndarray, b: np.ndarray) -> dict[str, float | int | 
     }
 
 
-def gap_stats(img: np.ndarray, txt: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+def gap_stats(
+    img: np.ndarray,
+    txt: np.ndarray,
+    labels: np.ndarray,
+    relevance: np.ndarray | None = None,
+) -> dict[str, float | None]:
     """How far apart the two modalities sit.
 
     ``modality_gap``: distance between the mean image and the mean text embedding (Liang
     et al. 2022); ``pair_cos``: mean cosine of an item's image and text;
     ``same_class_cos`` / ``other_class_cos``: mean image–text cosine of different items of
-    the same / another class.
+    the same / another class. With ``relevance`` (``Hierarchy.graded_relevance()``, rows
+    the image's class) the other-class pairs split further: ``same_parent_cos`` (the
+    text's class is under the image's parent class, relevance 1) and ``unrelated_cos``
+    (relevance 0).
     """
     gap = float(np.linalg.norm(img.mean(0) - txt.mean(0)))
-    # Sums over pairs from per-class sums, O(N·D): Σ_ij a_i·b_j = (Σa)·(Σb), and the
-    # same within each class, so no N×N similarity matrix is ever built.
+    # Sums over pairs from per-class sums, O(N·D + K²·D): Σ_ij a_i·b_j = (Σa)·(Σb), and
+    # the same within each class pair, so no N×N similarity matrix is ever built.
     img, txt = img.astype(np.float64), txt.astype(np.float64)
     k = int(labels.max()) + 1 if len(labels) else 0
+    if relevance is not None:
+        k = max(k, len(relevance))
     si, st = np.zeros((k, img.shape[1])), np.zeros((k, txt.shape[1]))
     np.add.at(si, labels, img)
     np.add.at(st, labels, txt)
@@ -203,28 +247,57 @@ def gap_stats(img: np.ndarray, txt: np.ndarray, labels: np.ndarray) -> dict[str,
     all_sum = float(si.sum(0) @ st.sum(0))
     n_same_off = float((n_per**2).sum()) - len(labels)
     n_other = float(len(labels)) ** 2 - float((n_per**2).sum())
-    return {
+    out = {
         "modality_gap": gap,
         "pair_cos": pair_sum / len(labels),
         "same_class_cos": (same_sum - pair_sum) / n_same_off if n_same_off > 0 else None,
         "other_class_cos": (all_sum - same_sum) / n_other if n_other > 0 else None,
     }
+    if relevance is not None:
+        # Class-pair sums (K×K) and counts, then one total per relevance grade.
+        by_pair = si @ st.T
+        n_pair = np.outer(n_per, n_per)
+        for key, grade in (("same_parent_cos", 1), ("unrelated_cos", 0)):
+            sel = relevance == grade
+            n = float(n_pair[sel].sum())
+            out[key] = float(by_pair[sel].sum()) / n if n > 0 else None
+    return out
 
 
 CROSS_SIM_ITEMS = 3000
 
 
+COSINE_GROUPS = ("pair", "same_class", "same_parent", "other")
+
+
 def cross_similarities(
-    img: np.ndarray, txt: np.ndarray, labels: np.ndarray, limit: int = CROSS_SIM_ITEMS
-):
-    """Image–text cosines split into (pairs, same class other item, other class), over at
-    most ``limit`` items (a seeded sample): they feed histograms, and the pairs grow as N²."""
+    img: np.ndarray,
+    txt: np.ndarray,
+    labels: np.ndarray,
+    relevance: np.ndarray | None = None,
+    limit: int = CROSS_SIM_ITEMS,
+) -> dict[str, np.ndarray]:
+    """Image–text cosines of the test items in four groups (``COSINE_GROUPS``): an item's
+    own pair; another item of the same class; an item whose class lies under the image's
+    parent class (``relevance`` 1, from ``Hierarchy.graded_relevance()``, rows the image's
+    class); any other item (relevance 0; without ``relevance``, every other class).
+
+    Over at most ``limit`` items (a seeded sample): the values feed histograms, and the
+    pairs grow as N² (3000 items: 9 M cosines, ~150 MB while split)."""
     keep = subsample(len(labels), limit)
     img, txt, labels = img[keep], txt[keep], labels[keep]
     sim = img.astype(np.float64) @ txt.T.astype(np.float64)
-    same = labels[:, None] == labels[None, :]
     off = ~np.eye(len(labels), dtype=bool)
-    return np.diag(sim), sim[same & off], sim[~same]
+    if relevance is None:
+        grade = np.where(labels[:, None] == labels[None, :], 2, 0).astype(np.int8)
+    else:
+        grade = np.asarray(relevance, dtype=np.int8)[labels[:, None], labels[None, :]]
+    return {
+        "pair": np.diag(sim).copy(),
+        "same_class": sim[(grade == 2) & off],
+        "same_parent": sim[(grade == 1) & off],
+        "other": sim[(grade == 0) & off],
+    }
 
 
 def project_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:

@@ -20,7 +20,15 @@ from huse._io import atomic_write_text
 from huse.evaluate import DIRECTIONS, HP_KS, RECALL_KS, summary_scores
 from huse.report import analysis as an
 from huse.report import plots  # matplotlib: a missing [report] extra fails at import
-from huse.report.labels import TABLE_CHARS, class_label, ellipsize, table_label, tooltip
+from huse.report.labels import (
+    TABLE_CHARS,
+    breakable_html,
+    class_label,
+    ellipsize,
+    leaf_label,
+    table_label,
+    tooltip,
+)
 
 MAX_MAP_POINTS = 1500  # image + text points in the 2-D map
 MAP_PAIR_LINES = 60
@@ -39,6 +47,11 @@ DIRECTION_NAMES = {
 def fmt(x) -> str:
     """A metric as the model card prints it: three decimals, '—' when absent."""
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
+
+
+def fmt_rank(x) -> str:
+    """A median rank (1 = first): one decimal, '—' when absent."""
+    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.1f}"
 
 
 def esc(x) -> str:
@@ -68,17 +81,34 @@ OVERALL_COLUMNS: list[tuple[str, Callable[[dict], float | None], bool]] = [
     ("cross-modal R@1", lambda m: _summary(m).get("cross_R@1"), True),
     ("mean R@1", lambda m: _summary(m).get("mean_R@1"), True),
     ("mean HP@5", lambda m: _summary(m).get("mean_HP@5"), True),
+    ("instance xR@1", lambda m: _summary(m).get("instance_xR@1"), True),
+    ("mean nDCG@10", lambda m: _summary(m).get("mean_nDCG@10"), True),
 ]
 
 DIRECTION_COLUMNS: list[tuple[str, Callable[[dict, str], float | None], bool]] = [
     *((f"R@{k}", lambda m, d, k=k: m["retrieval"][d][f"R@{k}"], True) for k in RECALL_KS),
     *((f"HP@{k}", lambda m, d, k=k: m["hierarchical"][d][f"HP@{k}"], True) for k in HP_KS),
+    ("nDCG@10", lambda m, d: m["graded"][d]["nDCG@10"], True),
     ("mistake severity", lambda m, d: _sev(m, d), False),
+]
+
+INSTANCE_DIRECTIONS = ("i2t", "t2i")
+INSTANCE_COLUMNS: list[tuple[str, Callable[[dict, str], float | None], bool]] = [
+    *((f"R@{k}", lambda m, d, k=k: m["instance"][d][f"R@{k}"], True) for k in RECALL_KS),
+    ("MedR", lambda m, d: m["instance"][d]["MedR"], False),
 ]
 
 
 def _summary(m: dict) -> dict:
-    return m.get("summary") or summary_scores(m)
+    """The headline numbers of a metrics dict: its ``summary``, with the instance and
+    graded headlines read from their own blocks when the summary predates them (a
+    metrics.json written before they existed has neither: those stay None)."""
+    s = dict(m.get("summary") or summary_scores(m))
+    if s.get("instance_xR@1") is None:
+        s["instance_xR@1"] = _get(lambda: m["instance"]["xR@1"])
+    if s.get("mean_nDCG@10") is None:
+        s["mean_nDCG@10"] = _get(lambda: m["graded"]["mean_nDCG@10"])
+    return s
 
 
 def _get(get: Callable, *args) -> float | None:
@@ -88,9 +118,16 @@ def _get(get: Callable, *args) -> float | None:
         return None
 
 
-def _rows_html(labels: Sequence[str], notes: Sequence[str], values: list[list], higher) -> str:
+def _rows_html(
+    labels: Sequence[str],
+    notes: Sequence[str],
+    values: list[list],
+    higher,
+    formats: Sequence[Callable] | None = None,
+) -> str:
     """Table rows of values (rows × columns); each column's best is bold when more than one
-    row has a value."""
+    row has a value. ``formats``: one formatter per column (default ``fmt``)."""
+    formats = formats or [fmt] * len(higher)
     best = []
     for j, hi in enumerate(higher):
         have = [r[j] for r in values if r[j] is not None]
@@ -98,7 +135,7 @@ def _rows_html(labels: Sequence[str], notes: Sequence[str], values: list[list], 
     out = []
     for label, note, row in zip(labels, notes, values):
         cells = "".join(
-            f'<td class="{"best" if v is not None and v == best[j] else ""}">{fmt(v)}</td>'
+            f'<td class="{"best" if v is not None and v == best[j] else ""}">{formats[j](v)}</td>'
             for j, v in enumerate(row)
         )
         out.append(
@@ -150,7 +187,37 @@ def metrics_table(columns: Sequence[tuple[str, str, dict]]) -> str:
         + _head("direction / run", DIRECTION_COLUMNS)
         + f"<tbody>{''.join(blocks)}</tbody></table>"
     )
-    return "<h3>Classification and headline</h3>" + t1 + "<h3>Retrieval by direction</h3>" + t2
+    # Instance level: every run's row stays, "—" where its metrics.json has no such block
+    # (written before instance retrieval existed) or the raw spaces differ.
+    blocks = []
+    for d in INSTANCE_DIRECTIONS:
+        vals = [[_get(get, m, d) for _, get, _ in INSTANCE_COLUMNS] for _, _, m in columns]
+        blocks.append(
+            f'<tr class="group"><td colspan="{len(INSTANCE_COLUMNS) + 1}">{esc(d)}: '
+            f"{esc(DIRECTION_NAMES[d])}</td></tr>"
+            + _rows_html(
+                names,
+                notes,
+                vals,
+                [hi for *_, hi in INSTANCE_COLUMNS],
+                [fmt] * len(RECALL_KS) + [fmt_rank],
+            )
+        )
+    t3 = (
+        '<table class="metrics instance">'
+        + _head("direction / run", INSTANCE_COLUMNS)
+        + f"<tbody>{''.join(blocks)}</tbody></table>"
+    )
+    return (
+        "<h3>Classification and headline</h3>"
+        + t1
+        + "<h3>Retrieval by direction (class level)</h3>"
+        + t2
+        + "<h3>Instance-level retrieval: an item's own image or text is the one answer</h3>"
+        + '<p class="note">R@K: the share of queries whose own pair is among the first K; '
+        + "MedR: the median rank of the own pair (1 = first).</p>"
+        + t3
+    )
 
 
 def _column(run: Path, m: dict, main: bool) -> tuple[str, str, dict]:
@@ -184,10 +251,12 @@ class Thumbnails:
 
 
 def _class_html(name: str, sep: str) -> str:
-    """A class path for the page: bounded, the full name as a tooltip when readable."""
+    """A class path for the page: bounded, breakable between levels and words (never
+    inside one), the full name as a tooltip when readable."""
     shown = table_label(name, sep)
     tip = tooltip(name, shown)
-    return f'<span title="{esc(tip)}">{esc(shown)}</span>' if tip else esc(shown)
+    body = breakable_html(shown, sep)
+    return f'<span title="{esc(tip)}">{body}</span>' if tip else body
 
 
 def _thumb_html(uri: str | None, alt: str) -> str:
@@ -226,13 +295,32 @@ def _training_section(rd: an.RunData, others: dict[str, pd.DataFrame]) -> str:
     last = rd.log.iloc[-1]
     losses = [c for c in rd.log.columns if c.startswith("train_") and c != "train_graph_active"]
     final = " · ".join(f"{c.removeprefix('train_')} {last[c]:.4f}" for c in losses)
+    cap = rd.train_config.get("epochs")
+    of_cap = f" of a cap of {esc(cap)}" if cap else ""
     info = (
-        f"{t.get('epochs_run', len(rd.log))} epochs, stopped by {esc(t.get('stopped', '?'))}, "
-        f"best epoch {esc(best)} (its weights were kept and evaluated)"
+        f"{t.get('epochs_run', len(rd.log))} epochs{of_cap}, stopped by "
+        f"{esc(t.get('stopped', '?'))}, best epoch {esc(best)} (its weights were kept and "
+        "evaluated)"
         if t
-        else f"{len(rd.log)} epochs"
+        else f"{len(rd.log)} epochs{of_cap}"
     )
-    return f"<p>{info}. Final epoch losses: {esc(final)}.</p>" + _img(png, "training curves")
+    log = rd.log
+    flat = (
+        "train_graph_active" in log
+        and log["train_graph_active"].notna().any()
+        and not any(
+            title.startswith("share of class pairs") for title, _ in plots.training_panels(log)
+        )
+    )
+    margin = (
+        f" Every epoch had the same share of class pairs under the graph margin "
+        f"({fmt(float(log['train_graph_active'].dropna().iloc[0]))}), so it is not drawn."
+        if flat
+        else ""
+    )
+    return f"<p>{info}. Final epoch losses: {esc(final)}.{margin}</p>" + _img(
+        png, "training curves"
+    )
 
 
 def _map_section(rd: an.RunData, h_tops: list[str], colours: dict) -> str:
@@ -242,22 +330,30 @@ def _map_section(rd: an.RunData, h_tops: list[str], colours: dict) -> str:
     xy, method = an.project_2d(np.concatenate([img, txt]))
     tops = [rd.hierarchy.top_level(rd.hierarchy.classes[c]) for c in lab]
     pairs = an.subsample(len(keep), MAP_PAIR_LINES, seed=1)
-    sims = an.cross_similarities(rd.img, rd.txt, rd.labels)
+    rel = rd.hierarchy.graded_relevance()
+    sims = an.cross_similarities(rd.img, rd.txt, rd.labels, rel)
     png = plots.embedding_map(xy, len(keep), tops, colours, pairs, method, sims)
-    g = an.gap_stats(rd.img, rd.txt, rd.labels)
+    g = an.gap_stats(rd.img, rd.txt, rd.labels, rel)
     sub = "" if len(keep) == n else f" (a random {len(keep)} of {n})"
+    hist_n = len(sims["pair"])
+    hist_sub = "" if hist_n == n else f" (cosines of a random {hist_n} of the {n} test items)"
     return (
         f"<p>{len(keep)} test items{sub}, each drawn twice: its image (●) and its text (▲), "
         f"placed by {method} of the {rd.img.shape[1]}-d embeddings; colour is the "
         "top-level class. A visible cross-modal gap shows as images and texts forming "
         "separate clouds with long grey lines; a closed gap as lines short enough to "
-        "vanish inside class clusters.</p>"
+        "vanish inside class clusters. Right: the cosine of a test image with a test text, "
+        "split by how the text relates to the image: its own pair, another item of the "
+        "same class, an item whose class is under the image's parent class, any other"
+        f"{esc(hist_sub)}.</p>"
         + _img(png, "2-D map of the test embeddings")
         + '<table class="kv">'
         + f"<tr><th>modality gap ‖mean image − mean text‖</th><td>{fmt(g['modality_gap'])}</td></tr>"
         + f"<tr><th>mean cosine, an item's image and its text</th><td>{fmt(g['pair_cos'])}</td></tr>"
         + f"<tr><th>mean cosine, image and text of other items of the same class</th><td>{fmt(g['same_class_cos'])}</td></tr>"
         + f"<tr><th>mean cosine, image and text of different classes</th><td>{fmt(g['other_class_cos'])}</td></tr>"
+        + f"<tr><th>… of which under the image's parent class</th><td>{fmt(g['same_parent_cos'])}</td></tr>"
+        + f"<tr><th>… of which elsewhere in the tree</th><td>{fmt(g['unrelated_cos'])}</td></tr>"
         + "</table>"
     )
 
@@ -287,27 +383,93 @@ def _r(c: dict | None, key: str = "pearson") -> str:
     return fmt(None if c is None else c.get(key))
 
 
+def _figure(png: bytes, alt: str, caption: str) -> str:
+    return f"<figure>{_img(png, alt, cls='plot heat')}<figcaption>{caption}</figcaption></figure>"
+
+
+def _heatmaps_html(rd: an.RunData, gs: dict) -> tuple[str, str]:
+    """The two class heatmaps (graph, learned) as page figures, and a sentence saying
+    what they show: every class in hierarchy order, or where the classes are too many to
+    read one by one, the top-level groups and the classes with the most test items."""
+    h = rd.hierarchy
+    k = len(h)
+    shown = an.heatmap_classes(h, gs["counts"])
+    names = [h.classes[i] for i in shown]
+    groups = [h.top_level(c) for c in names]
+    leaves = [leaf_label(c, h.sep) for c in names]
+    ix = np.ix_(shown, shown)
+    figs = []
+    if len(shown) < k:
+        order = an.hierarchy_order(h)
+        all_groups = [h.top_level(h.classes[i]) for i in order]
+        full = np.ix_(order, order)
+        gg, gnames = an.group_matrix(rd.graph[full], all_groups)
+        gl, _ = an.group_matrix(gs["learned"][full], all_groups)
+        if 2 <= len(gnames) <= an.HEATMAP_CLASSES:
+            for mat, alt, what in (
+                (gg, "semantic graph by top-level group", "semantic graph"),
+                (gl, "learned distance by top-level group", "learned centroid distance"),
+            ):
+                png = plots.class_heatmap(
+                    mat, gnames, None, f"mean {what}", cell_px=22, blank_diagonal=False
+                )
+                figs.append(
+                    _figure(
+                        png,
+                        alt,
+                        f"All {k} classes by top-level group: mean {esc(what)} over the "
+                        "class pairs of two groups (diagonal: pairs inside one group)",
+                    )
+                )
+        view = (
+            f"There are {k} classes, too many to name in one picture: first the "
+            f"{len(gnames)} top-level groups, then the {len(shown)} classes with the most "
+            "test items, in hierarchy order."
+            if figs
+            else f"There are {k} classes, too many to name in one picture: the "
+            f"{len(shown)} with the most test items, in hierarchy order."
+        )
+        which = f"the {len(shown)} classes with the most test items (of {k})"
+    else:
+        view = "Classes in hierarchy order, named on the left, their top-level group on the right and on top."
+        which = f"all {k} classes"
+    figs.append(
+        _figure(
+            plots.class_heatmap(rd.graph[ix], leaves, groups, "semantic graph distance"),
+            "semantic graph heatmap",
+            f"Semantic graph: the target distance between class names, {esc(which)}",
+        )
+    )
+    figs.append(
+        _figure(
+            plots.class_heatmap(gs["learned"][ix], leaves, groups, "cosine distance"),
+            "learned distance heatmap",
+            f"Learned: cosine distance between the class centroids of the test embeddings, "
+            f"{esc(which)}",
+        )
+    )
+    return f'<div class="heatmaps">{"".join(figs)}</div>', view
+
+
 def _graph_section(rd: an.RunData, gs: dict) -> str:
     h = rd.hierarchy
     if rd.graph is None:
         return "<p>This run has no semantic graph (graph.npy).</p>"
     order = an.hierarchy_order(h)
-    names = [h.classes[i] for i in order]
-    tops = [h.top_level(c) for c in names]
+    tops = [h.top_level(h.classes[i]) for i in order]
     ix = np.ix_(order, order)
-    labels = [class_label(c, h.sep) for c in names]
-    png = plots.graph_heatmaps(rd.graph[ix], gs["learned"][ix], labels, tops)
+    heatmaps, view = _heatmaps_html(rd, gs)
     scatter = plots.graph_scatter(rd.graph[ix], gs["learned"][ix], tops, gs["graph_r"])
     missing = int((gs["counts"] == 0).sum())
     miss = f" {missing} classes have no test items (grey rows and columns)." if missing else ""
     gr = gs["graph_r"]
     return (
-        "<p>Left: the semantic graph the training pulls towards (distance between class "
-        "names). Right: the cosine distance between the class centroids of the learned "
-        "test embeddings (image and text pooled). Classes in hierarchy order, white lines "
-        f"between top-level classes.{miss} If the learned space follows the graph, the "
+        "<p>The semantic graph the training pulls towards (distance between class "
+        "names) and the cosine distance between the class centroids of the learned "
+        "test embeddings (image and text pooled), white lines between top-level "
+        f"classes. {esc(view)}{miss} If the learned space follows the graph, the "
         "two heatmaps show the same blocks and the class pairs below lie on a rising line.</p>"
-        + _img(png, "semantic graph and learned distances")
+        + heatmaps
         + '<div class="row">'
         + _img(scatter, "graph against learned distance per class pair", cls="plot side")
         + '<table class="kv">'
@@ -439,6 +601,10 @@ def _compare_space_table(runs: Sequence[tuple[str, dict]]) -> str:
         ("mean image–text cosine, same class", lambda s: s["gap"]["same_class_cos"]),
         ("mean image–text cosine, other class", lambda s: s["gap"]["other_class_cos"]),
         (
+            "mean image–text cosine, under the image's parent class",
+            lambda s: s["gap"].get("same_parent_cos"),
+        ),
+        (
             "graph vs learned distance, Pearson r ↑",
             lambda s: (s["graph"]["graph_r"] or {}).get("pearson"),
         ),
@@ -504,7 +670,13 @@ td.big { font-size: 18px; font-weight: 700; }
 img.thumb { display: block; max-width: 96px; max-height: 96px; }
 .thumb.missing { font-size: 11px; color: var(--mute); text-align: center; }
 .rtext { font-size: 12px; height: 76px; overflow: hidden; padding-top: 12px; }
-.cls { font-size: 11px; color: var(--mute); margin-top: 3px; word-break: break-all; }
+/* Class paths break at the <wbr> after a level or an underscore; inside a word only when
+   that word alone is wider than the box. */
+.cls { font-size: 11px; color: var(--mute); margin-top: 3px; overflow-wrap: break-word; }
+table.confused td { overflow-wrap: break-word; }
+.heatmaps { display: flex; flex-wrap: wrap; gap: 10px 28px; align-items: flex-start; }
+figure { margin: 8px 0; }
+figcaption { color: var(--mute); font-size: 12px; max-width: 640px; }
 footer { color: var(--mute); font-size: 12px; text-align: center; }
 """
 
@@ -536,15 +708,18 @@ def build_html(run: Path, compare: Sequence[Path] = (), progress: bool = False) 
         cm = an.read_metrics(c)
         try:  # the space statistics need the run's model and features; metrics do not
             crd = an.load_run(c, progress=progress)
-            space = {"gap": an.gap_stats(crd.img, crd.txt, crd.labels), "graph": _graph_stats(crd)}
+            space = {
+                "gap": an.gap_stats(crd.img, crd.txt, crd.labels, crd.hierarchy.graded_relevance()),
+                "graph": _graph_stats(crd),
+            }
         except Exception as e:
             warnings.warn(f"{c}: embedding statistics left out: {e}", stacklevel=2)
             space = None
         others.append((c, cm, an.read_log(c), space))
 
     gs = _graph_stats(rd)
-    space_main = {"gap": an.gap_stats(rd.img, rd.txt, rd.labels), "graph": gs}
-    summary = m.get("summary") or summary_scores(m)
+    space_main = {"gap": an.gap_stats(rd.img, rd.txt, rd.labels, h.graded_relevance()), "graph": gs}
+    summary = _summary(m)
 
     # Metrics: this run, its raw backbones, then the other runs (and their raw backbones
     # when they differ from this run's, e.g. another backbone).
@@ -552,7 +727,12 @@ def build_html(run: Path, compare: Sequence[Path] = (), progress: bool = False) 
     raws = []
     if m.get("raw_backbones"):
         raws.append(m["raw_backbones"])
-        cols.append(("raw backbones", "no training, centroid classifier", m["raw_backbones"]))
+        # Two spaces: no cross-modal rows, so its means (R@1, nDCG@10) cover i2i and t2t
+        # only and do not compare with a trained run's four directions.
+        in_modal = "" if m["raw_backbones"].get("shared_space") else "; means over i2i, t2t only"
+        cols.append(
+            ("raw backbones", f"no training, centroid classifier{in_modal}", m["raw_backbones"])
+        )
     for c, cm, _, _ in others:
         cols.append(_column(c, cm, False))
         if cm.get("raw_backbones") and cm["raw_backbones"] not in raws:
@@ -569,8 +749,10 @@ def build_html(run: Path, compare: Sequence[Path] = (), progress: bool = False) 
                 if (m.get("raw_backbones") or {}).get("shared_space")
                 else "in-modal retrieval only, as the two backbones' spaces differ). "
             )
-            + "Retrieval is "
-            "class-level: a result is relevant when it has the query's class. Bold: the best "
+            + "R@K and HP@K are "
+            "class-level: a result is relevant when it has the query's class. nDCG@10 is "
+            "graded: gain 3 for the item's own pair (image → text, text → image), 2 for its "
+            "class, 1 for a class under its parent class, 0 otherwise. Bold: the best "
             "of a column (within a direction). ↑ higher is better, ↓ lower (mistake severity is "
             "the mean tree distance of a wrong answer).</p>"
             + metrics_table(cols)
@@ -604,7 +786,9 @@ def build_html(run: Path, compare: Sequence[Path] = (), progress: bool = False) 
         [
             _card(fmt(summary.get("fusion")), "fusion accuracy"),
             _card(fmt(summary.get("cross_R@1")), "cross-modal R@1"),
+            _card(fmt(summary.get("instance_xR@1")), "instance xR@1 (own pair first)"),
             _card(fmt(summary.get("mean_HP@5")), "mean HP@5"),
+            _card(fmt(summary.get("mean_nDCG@10")), "mean nDCG@10 (graded)"),
             _card(fmt(space_main["gap"]["modality_gap"]), "modality gap"),
             _card(_r(gr), "graph ~ learned distance (r)"),
         ]

@@ -46,3 +46,23 @@ def tooltip(name: str, shown: str) -> str | None:
     """The full name as a tooltip, when it was shortened and is short enough to read."""
     name = str(name)
     return name if name != shown and len(name) <= TOOLTIP_CHARS else None
+
+
+def leaf_label(name: str, sep: str = "<", n: int = PLOT_CHARS, levels: int = MAX_LEVELS) -> str:
+    """A class path without its top level, for a plot that labels the top-level groups
+    itself (``food<breads_and_carbs`` → ``breads_and_carbs``); a top-level class keeps its
+    name."""
+    parts = str(name).split(sep)
+    return class_label(sep.join(parts[1:]) if len(parts) > 1 else parts[0], sep, n, levels - 1)
+
+
+def breakable_html(shown: str, sep: str = "<") -> str:
+    """``shown`` escaped for HTML with line-break opportunities (``<wbr>``) after each
+    level separator and underscore, so a narrow box wraps a class path between levels
+    and words, never inside a word that fits on a line of its own."""
+    import html
+
+    def part(p: str) -> str:
+        return "_<wbr>".join(html.escape(w, quote=True) for w in p.split("_"))
+
+    return (html.escape(sep, quote=True) + "<wbr>").join(part(p) for p in shown.split(sep))

@@ -65,17 +65,18 @@ def palette(names: Sequence[str]) -> dict[str, tuple]:
 LOSS_SKIP = {"train_graph_active"}
 
 
-def training_curves(
-    log: pd.DataFrame,
-    best_epoch: int | None = None,
-    others: Mapping[str, pd.DataFrame] | None = None,
-) -> bytes:
-    """One panel per loss term, then validation accuracy, R@1 and the selection score.
+def _constant(s: pd.Series) -> bool:
+    v = s.dropna()
+    return len(v) == 0 or bool(np.allclose(v.to_numpy(dtype=float), float(v.iloc[0])))
 
-    ``others`` (run name → log) adds a panel comparing the validation score of other runs.
+
+def training_panels(log: pd.DataFrame) -> list[tuple[str, dict[str, pd.Series]]]:
+    """The panels ``training_curves`` draws: (title, {legend label: series}).
+
+    One per loss term, then validation accuracy, R@1 and the selection score, then the
+    share of class pairs under the graph margin unless it is constant (with the default
+    margin ζ = 2 every pair is under it in every epoch: a flat line at 1.00 says nothing).
     """
-    others = others or {}
-    ep = log["epoch"]
     panels: list[tuple[str, dict[str, pd.Series]]] = []
     losses = [c for c in log.columns if c.startswith("train_") and c not in LOSS_SKIP]
     losses = [c for c in losses if c != "train_total"] + (
@@ -97,10 +98,25 @@ def training_curves(
     extra = {k: v for k, v in extra.items() if v.notna().any()}
     if extra:
         panels.append(("val mean HP@5 and selection score", extra))
-    if "train_graph_active" in log and log["train_graph_active"].notna().any():
+    if "train_graph_active" in log and not _constant(log["train_graph_active"]):
         panels.append(
             ("share of class pairs under the graph margin", {"": log["train_graph_active"]})
         )
+    return panels
+
+
+def training_curves(
+    log: pd.DataFrame,
+    best_epoch: int | None = None,
+    others: Mapping[str, pd.DataFrame] | None = None,
+) -> bytes:
+    """The panels of ``training_panels``, the best epoch dashed.
+
+    ``others`` (run name → log) adds a panel comparing the validation score of other runs.
+    """
+    others = others or {}
+    ep = log["epoch"]
+    panels = training_panels(log)
     n_cols = 4
     n_rows = -(-(len(panels) + (1 if others else 0)) // n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.1 * n_cols, 2.3 * n_rows), squeeze=False)
@@ -137,6 +153,15 @@ def training_curves(
 
 # --- the 2-D map of the embedding space -------------------------------------------------
 
+COSINE_LABELS = {
+    "pair": "the item's own pair",
+    "same_class": "same class, other item",
+    "same_parent": "same parent class",
+    "other": "other",
+}
+COSINE_COLOURS = {"pair": "tab:red", "same_class": "tab:blue", "same_parent": "tab:orange",
+                  "other": "0.45"}  # fmt: skip
+
 
 def embedding_map(
     xy: np.ndarray,
@@ -145,11 +170,12 @@ def embedding_map(
     colours: Mapping[str, tuple],
     pairs: np.ndarray,
     method: str,
-    sims: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sims: Mapping[str, np.ndarray],
 ) -> bytes:
     """Left: the 2-D map (rows ``:n_items`` images, the rest their texts in the same order),
     coloured by top-level class, lines joining the items in ``pairs``. Right: histograms of
-    image–text cosine for pairs, same-class and other-class items."""
+    image–text cosine in the groups of ``analysis.cross_similarities`` (own pair, same
+    class, same parent class, other)."""
     fig, (ax, hx) = plt.subplots(1, 2, figsize=(12.5, 5.8), gridspec_kw={"width_ratios": [2.3, 1]})
     pi, pt = xy[:n_items], xy[n_items:]
     segs = np.stack([pi[pairs], pt[pairs]], axis=1)
@@ -176,17 +202,23 @@ def embedding_map(
         Line2D([], [], marker="^", ls="", color="0.5", mec="black", label="text"),
     ]
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
-    pair, same, other = sims
-    lo = min(float(np.min(v)) for v in sims if len(v))
+    groups = [
+        (COSINE_LABELS[g], sims.get(g, np.zeros(0)), COSINE_COLOURS[g]) for g in COSINE_LABELS
+    ]
+    values = [v for _, v, _ in groups if len(v)]
+    lo = min(float(np.min(v)) for v in values) if values else -1.0
     bins = np.linspace(max(-1.0, np.floor(lo * 10) / 10), 1.0, 41)
-    for v, label, c in (
-        (other, "other class", "0.6"),
-        (same, "same class, other item", "tab:blue"),
-        (pair, "the item's own pair", "tab:red"),
-    ):
+    for label, v, c in groups:
         if len(v):
+            # Outlines, not filled bars: four overlapping groups stay readable.
             hx.hist(
-                v, bins=bins, density=True, alpha=0.55, color=c, label=f"{label} ({v.mean():.2f})"
+                v,
+                bins=bins,
+                density=True,
+                histtype="step",
+                lw=1.6,
+                color=c,
+                label=f"{label} ({v.mean():.2f}, n={len(v):,})",
             )
     hx.set_xlabel("cosine(image, text)")
     hx.set_yticks([])
@@ -199,48 +231,72 @@ def embedding_map(
 # --- semantic graph against the learned distances ---------------------------------------
 
 
-def _class_ticks(ax, names: Sequence[str], tops: Sequence[str], max_labels: int = 60) -> None:
-    k = len(names)
-    names = [_label(n) for n in names]
-    if k <= max_labels:
-        ax.set_xticks(range(k), names, rotation=90, fontsize=6)
-        ax.set_yticks(range(k), names, fontsize=6)
-    else:  # too many classes to name: label the top-level blocks
-        starts = [i for i in range(k) if i == 0 or tops[i] != tops[i - 1]]
-        ends = starts[1:] + [k]
-        mids = [(s + e - 1) / 2 for s, e in zip(starts, ends)]
-        labels = [_label(tops[s]) for s in starts]
-        ax.set_xticks(mids, labels, rotation=90, fontsize=6)
-        ax.set_yticks(mids, labels, fontsize=6)
-    for i in range(1, k):  # top-level boundaries
-        if tops[i] != tops[i - 1]:
-            ax.axhline(i - 0.5, color="white", lw=0.8)
-            ax.axvline(i - 0.5, color="white", lw=0.8)
-    ax.grid(False)
+HEAT_CELL_PX = 15  # one class: wider than a tick label's 12 px (8 pt at DPI 110)
+HEAT_FONT = 8
+HEAT_LABEL_CHARS = 40
+MAX_WIDTH_PX = 1180  # the page's content width: a wider PNG is scaled down, labels too
 
 
-def graph_heatmaps(
-    graph: np.ndarray, learned: np.ndarray, names: Sequence[str], tops: Sequence[str]
+def class_heatmap(
+    mat: np.ndarray,
+    names: Sequence[str],
+    groups: Sequence[str] | None,
+    colour_label: str,
+    *,
+    cell_px: int = HEAT_CELL_PX,
+    blank_diagonal: bool = True,
 ) -> bytes:
-    """The graph and the learned centroid distances as heatmaps in the same class order.
+    """A K×K class matrix drawn at ``cell_px`` pixels per class, so that its labels are
+    legible at the size the page shows it (never wider than ``MAX_WIDTH_PX``).
 
-    The diagonal (always 0) is left blank so each colour scale spans the class pairs.
+    Rows are named on the left (``names``: the class below its top level), the top-level
+    ``groups`` (consecutive runs of equal values; None: no groups) on the right and on
+    top, with white lines between them; the colour scale sits underneath. The diagonal
+    (always 0 for classes) is left blank by ``blank_diagonal`` so the scale spans the
+    class pairs.
     """
     k = len(names)
-    side = float(np.clip(0.19 * k + 2.2, 4.5, 10.0))
-    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.6, side))
+    side = max(k * cell_px / DPI, 1.2)
+    fig = plt.figure(figsize=(side, side))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     cmap = plt.get_cmap("viridis").with_extremes(bad="0.88")
-    off = ~np.eye(k, dtype=bool)
-    for ax, mat, title in (
-        (axes[0], graph, "semantic graph: target distance between classes"),
-        (axes[1], learned, "learned: cosine distance of class centroids (test)"),
-    ):
-        shown = np.where(off, mat, np.nan)
-        im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, interpolation="nearest")
-        _class_ticks(ax, names, tops)
-        ax.set_title(title)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    fig.tight_layout()
+    shown = np.where(~np.eye(k, dtype=bool), mat, np.nan) if blank_diagonal else mat
+    im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, interpolation="nearest", aspect="auto")
+    ax.set_xlim(-0.5, k - 0.5)
+    ax.set_ylim(k - 0.5, -0.5)
+    ax.grid(False)
+    ax.set_yticks(range(k), [ellipsize(n, HEAT_LABEL_CHARS) for n in names], fontsize=HEAT_FONT)
+    ax.set_xticks([])
+    if groups is None:  # no groups to show on top: the columns' own names go there
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(
+            range(k), [ellipsize(n, HEAT_LABEL_CHARS) for n in names], fontsize=HEAT_FONT,
+            rotation=90,
+        )  # fmt: skip
+    else:
+        starts = [i for i in range(k) if i == 0 or groups[i] != groups[i - 1]]
+        ends = starts[1:] + [k]
+        mids = [(a + b - 1) / 2 for a, b in zip(starts, ends)]
+        labels = [ellipsize(groups[a], HEAT_LABEL_CHARS) for a in starts]
+        for b in starts[1:]:
+            ax.axhline(b - 0.5, color="white", lw=1.2)
+            ax.axvline(b - 0.5, color="white", lw=1.2)
+        edges = [a - 0.5 for a in starts] + [k - 0.5]
+        right = ax.secondary_yaxis("right")
+        right.set_yticks(mids, labels, fontsize=HEAT_FONT, fontweight="bold")
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(mids, labels, fontsize=HEAT_FONT, fontweight="bold", rotation=90)
+        for sec in (right, top):  # long ticks at the block edges bracket each group
+            sec.tick_params(which="major", length=0)
+            if sec is right:
+                sec.set_yticks(edges, minor=True)
+            else:
+                sec.set_xticks(edges, minor=True)
+            sec.tick_params(which="minor", length=10, width=0.8)
+    cax = fig.add_axes((0.0, -0.45 / side, 1.0, 0.14 / side))
+    cb = fig.colorbar(im, cax=cax, orientation="horizontal")
+    cb.set_label(colour_label, fontsize=HEAT_FONT)
+    cb.ax.tick_params(labelsize=HEAT_FONT)
     return _png(fig)
 
 

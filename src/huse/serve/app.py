@@ -16,6 +16,12 @@ a request that cannot start its decode within ``decode_wait_s`` gets a 503. The 
 ``head_timeout_s`` or whose body is not complete within ``body_timeout_s``, and answers
 503 beyond ``max_connections`` open connections.
 
+Updates. ``serve`` watches the index folder: each request stats its ``index.json`` (one
+``stat`` call), and when an update (``huse index RUN --update``) has swapped in a new
+folder, that request loads it whole (checksums verified) before it is used; a failed load
+keeps the old index. A half-written index is never served: an update writes a complete
+new folder and swaps it in with one rename, and the server loads only swapped-in folders.
+
 Layout. The routes are module-level functions that reach what they share (searcher,
 limits, decode gate, thumbnail cache) through ``app.state.server``; ``create_app`` only
 assembles them.
@@ -27,6 +33,7 @@ import asyncio
 import io
 import ipaddress
 import json
+import logging
 import threading
 import time
 import warnings
@@ -35,6 +42,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -53,9 +61,11 @@ from huse.config import ServeConfig
 from huse.data.images import ImageError, load_image, thumbnail_bytes
 from huse.data.text import has_letters, normalize_text
 from huse.errors import HuseError
-from huse.search import Hit, Searcher
+from huse.index import load_index
+from huse.search import MAX_K, Hit, Searcher
 
 T = TypeVar("T")
+logger = logging.getLogger("huse.serve")
 
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -93,12 +103,17 @@ Modality = Literal["image", "text", "both"]
 class SearchRequest(BaseModel):
     """A JSON search: a text, or the id of a catalogue item to find similar items."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     text: str | None = Field(None, description="query text", examples=["a red sports car"])
     item: str | None = Field(None, description="id of a catalogue item: items like its image")
     k: int = Field(10, ge=1, description="number of results")
     modality: Modality = Field("image", description="match the items' images, texts or both")
+    under: list[str] = Field(
+        [], description="only items whose class is one of these branches or lies below one"
+    )
+    class_: list[str] = Field([], alias="class", description="only items of exactly these classes")
+    offset: int = Field(0, ge=0, description="results to skip (the next page starts at k)")
 
 
 class Result(BaseModel):
@@ -137,6 +152,9 @@ def _openapi_body(limits: ServeConfig) -> dict:
             },
             "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": limits.max_k},
             "modality": {"type": "string", "enum": ["image", "text", "both"]},
+            "under": {"type": "string", "description": "a class branch (repeatable)"},
+            "class": {"type": "string", "description": "an exact class (repeatable)"},
+            "offset": {"type": "integer", "default": 0, "minimum": 0},
         },
         "required": ["image"],
     }
@@ -207,10 +225,15 @@ async def _parse_form(request: Request, body: bytes) -> dict:
                 out["image"] = (await value.read(), name)
             elif key in ("text", "item", "modality"):
                 out[key] = value if isinstance(value, str) else None
-            elif key == "k":
-                out["k"] = value
+            elif key in ("k", "offset"):
+                out[key] = value
+            elif key in ("under", "class"):
+                if isinstance(value, str):
+                    out.setdefault(key, []).append(value)
             else:
-                raise HTTPException(422, f"unknown form field {key!r}; use image, k, modality")
+                raise HTTPException(
+                    422, f"unknown form field {key!r}; use image, k, modality, under, class, offset"
+                )
     finally:
         await form.close()
     return out
@@ -256,6 +279,9 @@ def _check_image(data: bytes, limits: ServeConfig, gate: DecodeGate):
 
 
 def _validate(fields: dict, limits: ServeConfig) -> SearchRequest:
+    for key in ("under", "class"):  # one branch may come as a plain string
+        if isinstance(fields.get(key), str):
+            fields[key] = [fields[key]]
     try:
         req = SearchRequest.model_validate(fields)
     except ValidationError as e:
@@ -263,6 +289,8 @@ def _validate(fields: dict, limits: ServeConfig) -> SearchRequest:
         raise HTTPException(422, "invalid search request: " + "; ".join(msgs)) from None
     if req.k > limits.max_k:
         raise HTTPException(422, f"k must be at most {limits.max_k}, not {req.k}")
+    if req.offset + req.k > MAX_K:
+        raise HTTPException(422, f"offset + k must be at most {MAX_K}, not {req.offset + req.k}")
     for name, value in (("text", req.text), ("item", req.item)):
         try:
             (value or "").encode("utf-8")
@@ -337,16 +365,17 @@ class DecodeGate:
 
 
 class _Thumbnails:
-    """Thumbnails by catalogue row, made once and kept in a bounded LRU."""
+    """Thumbnails by image path (stable across index versions), made once and kept in a
+    bounded LRU."""
 
     def __init__(self, capacity: int, gate: DecodeGate) -> None:
         self.capacity = capacity
         self.gate = gate
-        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, row: int, path: str, side: int) -> bytes:
-        key = (row, side)
+    def get(self, path: str, side: int) -> bytes:
+        key = (path, side)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -372,25 +401,83 @@ def _static() -> dict[str, bytes]:
     return {name: (base / name).read_bytes() for name in STATIC_FILES}
 
 
-class _Server:
-    """What the routes share, reached through ``app.state.server``: the searcher, the
-    limits, the page's files, the decode gate and the thumbnail cache."""
+def _marker(path: Path | None) -> tuple | None:
+    """What changes when an index folder is swapped: its ``index.json``'s inode and time."""
+    if path is None:
+        return None
+    try:
+        st = (path / "index.json").stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def __init__(self, searcher: Searcher, limits: ServeConfig) -> None:
+
+class _Catalogue:
+    """One version of the index with what the routes read of it, swapped as a whole."""
+
+    def __init__(self, searcher: Searcher, marker: tuple | None = None) -> None:
         self.searcher = searcher
-        self.limits = limits
-        self.static = _static()
-        self.gate = DecodeGate(limits.decode_concurrency, limits.decode_wait_s)
-        self.thumbs = _Thumbnails(limits.thumb_cache, self.gate)
         self.index = searcher.index
+        self.marker = marker
         self.image_paths = self.index.items["image"].astype(str).tolist()
-        self.classes = sorted(set(self.index.items["classes"].astype(str)))
+        counts = self.index.items["classes"].astype(str).value_counts()
+        self.class_counts = {str(c): int(n) for c, n in sorted(counts.items())}
+        self.classes = list(self.class_counts)
         # A spread of leaf names for the page's "Try:" chips.
         leaves = [c.split(searcher.sep)[-1] for c in self.classes]
         self.examples = leaves[:: max(1, len(leaves) // 8)][:8]
 
-    def row_of(self, item_id: str) -> int:
-        row = self.index.row_of(item_id)
+
+class _Server:
+    """What the routes share, reached through ``app.state.server``: the catalogue (the
+    searcher and its index, reloaded when the index folder changes), the limits, the
+    page's files, the decode gate and the thumbnail cache."""
+
+    def __init__(
+        self, searcher: Searcher, limits: ServeConfig, index_path: Path | None = None
+    ) -> None:
+        self.limits = limits
+        self.static = _static()
+        self.gate = DecodeGate(limits.decode_concurrency, limits.decode_wait_s)
+        self.thumbs = _Thumbnails(limits.thumb_cache, self.gate)
+        self.index_path = Path(index_path) if index_path is not None else None
+        self._catalogue = _Catalogue(searcher, _marker(self.index_path))
+        self._reload = threading.Lock()
+        self._failed: tuple | None = None
+        self.reloads = 0
+
+    @property
+    def searcher(self) -> Searcher:
+        return self._catalogue.searcher
+
+    def current(self) -> _Catalogue:
+        """The newest complete index: reloaded here when its folder was swapped since.
+
+        One request loads it (others keep the old one meanwhile); a folder that fails to
+        load (damaged, or swapped again while read) is retried when it changes again.
+        """
+        cat = self._catalogue
+        marker = _marker(self.index_path)
+        if marker is None or marker == cat.marker or marker == self._failed:
+            return cat
+        if not self._reload.acquire(blocking=False):
+            return cat
+        try:
+            if self._catalogue is not cat:  # another request reloaded meanwhile
+                return self._catalogue
+            index = load_index(self.index_path)
+            self._catalogue = _Catalogue(cat.searcher.with_index(index), marker)
+            self.reloads += 1
+            logger.info("index reloaded: %d items", len(index))
+        except HuseError as e:
+            self._failed = marker
+            logger.warning("keeping the loaded index: the new one at %s: %s", self.index_path, e)
+        finally:
+            self._reload.release()
+        return self._catalogue
+
+    def row_of(self, item_id: str, cat: _Catalogue | None = None) -> int:
+        row = (cat or self._catalogue).index.row_of(item_id)
         if row is None:
             raise HTTPException(404, f"no catalogue item with id {item_id!r}")
         return row
@@ -404,19 +491,22 @@ class _Server:
             thumbnail=f"/api/thumb/{ref}",
             text=h.text,
             **{"class": h.classes},
-            class_path=h.classes.split(self.searcher.sep),
+            class_path=h.classes.split(self._catalogue.searcher.sep),
             score=h.score,
             modality=h.modality,
         )
 
-    def search_item(self, item_id: str, k: int, modality: str) -> list[Hit]:
+    def search_item(
+        self, searcher: Searcher, item_id: str, k: int, modality: str, **f
+    ) -> list[Hit]:
         """``Searcher.search_item`` in a decode slot: it decodes the item's image."""
-        return self.gate.run(self.searcher.search_item, item_id, k, modality)
+        return self.gate.run(searcher.search_item, item_id, k, modality, **f)
 
     def image(self, item_id: str, side: int) -> Response:
-        row = self.row_of(item_id)
+        cat = self.current()
+        row = self.row_of(item_id, cat)
         try:
-            data = self.thumbs.get(row, self.image_paths[row], side)
+            data = self.thumbs.get(cat.image_paths[row], side)
         except ImageError as e:
             raise HTTPException(404, f"item {item_id!r} has no readable image: {e}") from None
         return Response(data, media_type="image/webp", headers={"Cache-Control": "max-age=3600"})
@@ -467,16 +557,23 @@ def static_file(name: str, server: _ServerDep) -> Response:
 
 @pages.get("/api/health", summary="liveness")
 def health(server: _ServerDep) -> dict:
-    return {"status": "ok", "items": len(server.index)}
+    return {"status": "ok", "items": len(server.current().index)}
+
+
+@pages.get("/api/classes", summary="the catalogue's class paths with their item counts")
+def classes(server: _ServerDep) -> dict:
+    cat = server.current()
+    return {"sep": cat.searcher.sep, "classes": cat.class_counts}
 
 
 @pages.get("/api/info", summary="the catalogue, the model and the request limits")
 def info(server: _ServerDep) -> dict:
-    index = server.index
+    cat = server.current()
+    index = cat.index
     return {
         "items": len(index),
-        "classes": len(server.classes),
-        "examples": server.examples,
+        "classes": len(cat.classes),
+        "examples": cat.examples,
         "factory": index.info.get("factory"),
         "method": index.info.get("model", {}).get("method"),
         "dim": index.dim,
@@ -509,11 +606,34 @@ async def _search_fields(request: Request, limits: ServeConfig) -> dict:
 
 
 async def search(request: Request, server: _ServerDep) -> SearchResponse:
+    """POST: a JSON body or a multipart form with an image."""
+    fields = await _search_fields(request, server.limits)
+    return await _run_search(server, fields)
+
+
+async def search_get(request: Request, server: _ServerDep) -> SearchResponse:
+    """GET: the query in the URL (``?text=...&k=...&under=...``), for links and bookmarks."""
+    fields: dict = {}
+    for key, value in request.query_params.multi_items():
+        if key in ("under", "class"):
+            fields.setdefault(key, []).append(value)
+        elif key in fields:
+            raise HTTPException(422, f"the parameter {key!r} is given twice")
+        elif key == "image":
+            raise HTTPException(405, "an image search needs POST with a multipart form")
+        else:
+            fields[key] = value
+    return await _run_search(server, fields)
+
+
+async def _run_search(server: _Server, fields: dict) -> SearchResponse:
     t0 = time.perf_counter()
-    limits, searcher = server.limits, server.searcher
-    fields = await _search_fields(request, limits)
+    limits = server.limits
+    cat = await run_in_threadpool(server.current)
+    searcher = cat.searcher
     upload = fields.pop("image", None)
     req = _validate(fields, limits)
+    filters = {"under": req.under, "classes": req.class_, "offset": req.offset}
     given = [n for n, v in (("text", req.text), ("image", upload), ("item", req.item)) if v]
     if len(given) != 1:
         raise HTTPException(
@@ -524,20 +644,26 @@ async def search(request: Request, server: _ServerDep) -> SearchResponse:
     if upload is not None:
         data, filename = upload
         img = await run_in_threadpool(_check_image, data, limits, server.gate)
-        hits = await _query(searcher.search_image, img, req.k, req.modality)
+        hits = await _query(partial(searcher.search_image, **filters), img, req.k, req.modality)
         query = {"image": filename}
     elif req.item is not None:
-        server.row_of(req.item)  # an unknown id is a 404
+        server.row_of(req.item, cat)  # an unknown id is a 404
         try:
-            hits = await run_in_threadpool(server.search_item, req.item, req.k, req.modality)
+            hits = await run_in_threadpool(
+                partial(server.search_item, searcher, **filters), req.item, req.k, req.modality
+            )
         except ImageError as e:
             raise HTTPException(422, f"item {req.item!r} has an unreadable image: {e}") from None
         except HuseError as e:
             raise HTTPException(422, f"invalid query: {e}") from None
         query = {"item": req.item}
     else:
-        hits = await _query(searcher.search_text, req.text, req.k, req.modality)
+        hits = await _query(partial(searcher.search_text, **filters), req.text, req.k, req.modality)
         query = {"text": req.text}
+    if req.under or req.class_:
+        query |= {"under": req.under, "class": req.class_}
+    if req.offset:
+        query["offset"] = req.offset
     return SearchResponse(
         query=query | {"k": req.k, "modality": req.modality},
         results=[server.result(h) for h in hits],
@@ -582,6 +708,7 @@ def create_app(
     searcher: Searcher,
     limits: ServeConfig | None = None,
     allowed_hosts: list[str] | None = None,
+    index_path: str | Path | None = None,
 ) -> FastAPI:
     """The FastAPI app over a loaded searcher.
 
@@ -590,10 +717,12 @@ def create_app(
         limits: request limits.
         allowed_hosts: accepted Host headers (None: any; ``serve`` passes the loopback
             names when it binds to loopback).
+        index_path: the index folder ``searcher``'s index was read from: when an update
+            swaps a new one in, the next request loads it (None: never reloaded).
     """
     limits = limits or ServeConfig()
     app = FastAPI(title="huse catalogue search", version="1", description=DESCRIPTION)
-    app.state.server = _Server(searcher, limits)
+    app.state.server = _Server(searcher, limits, index_path)
     app.state.decode_gate = app.state.server.gate  # read by the tests and by anyone watching
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
@@ -608,6 +737,15 @@ def create_app(
         summary="nearest catalogue items to a text, an image or a catalogue item",
         responses=_SEARCH_ERRORS,
         openapi_extra=_openapi_body(limits),
+    )
+    app.add_api_route(
+        "/api/search",
+        search_get,
+        methods=["GET"],
+        response_model=SearchResponse,
+        response_model_by_alias=True,
+        summary="the same search with its fields in the URL (text or item; repeat under/class)",
+        responses=_SEARCH_ERRORS,
     )
     app.include_router(pictures)
     return app
@@ -715,11 +853,14 @@ def serve(
     """Load the run's model and index once, then serve the page and API with uvicorn."""
     import uvicorn
 
+    from huse.runs import find_index
+
     limits = limits or ServeConfig()
+    index_path = find_index(index if index is not None else run)
     searcher = Searcher.from_run(run, index)
     searcher.warm_up()
     allowed = list(LOOPBACK_HOSTS) if is_loopback(host) else None
-    app = create_app(searcher, limits, allowed_hosts=allowed)
+    app = create_app(searcher, limits, allowed_hosts=allowed, index_path=index_path)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {len(searcher.index)} items on http://{shown}:{port}/ (API docs at /docs)")
     config = server_config(app, host=host, port=port, limits=limits, log_level=log_level)
