@@ -49,7 +49,7 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-class EfficientNetLite:
+class EfficientNetLite(runtime.BackendSetup):
     """EfficientNet-Lite image backbone: 1280-d average-pooled features.
 
     Args:
@@ -176,29 +176,6 @@ class EfficientNetLite:
                 draw.line((x0, y0, *box[2:]), fill=(0, 0, 0), width=3)
             out.append(self.preprocess(img).numpy())
         return np.stack(out)
-
-    def _ready(self) -> str:
-        """Set up the chosen backend once (its export, threads) and say which it is."""
-        if self.backend == "onnx":
-            try:
-                self.onnx.session  # noqa: B018 - builds or loads the export
-            except runtime.ExportRejected as e:
-                runtime.say(f"{self.name}: the ONNX export was refused ({e}); running on torch")
-                self.backend = "torch"
-            else:
-                runtime.say(
-                    f"{self.name}: onnxruntime {runtime.onnxruntime_version()} on "
-                    f"{self.onnx.threads} threads (export {self.onnx.dir})"
-                )
-                return self.backend
-        n = runtime.set_torch_threads(self.threads)
-        if self._announce:
-            runtime.say(f"{self.name}: torch {torch.__version__} on {n} threads ({self.device})")
-        return self.backend
-
-    @cached_property
-    def _backend_ready(self) -> str:
-        return self._ready()
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """B×3×S×S to B×1280 (global average pool of the last feature map)."""

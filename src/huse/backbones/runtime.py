@@ -140,6 +140,35 @@ def cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (got * ref).sum(1) / np.where(den > 0, den, 1.0)
 
 
+class BackendSetup:
+    """What the offline backbones share: set up the chosen backend once (its export, its
+    threads), fall back to torch with one line when the export is refused, and say which
+    runs. The backbone provides ``name``, ``backend``, ``onnx``, ``threads``, ``device``
+    and ``_announce``."""
+
+    def _ready(self) -> str:
+        if self.backend == "onnx":
+            try:
+                self.onnx.session  # noqa: B018 - builds or loads the export
+            except ExportRejected as e:
+                say(f"{self.name}: the ONNX export was refused ({e}); running on torch")
+                self.backend = "torch"
+            else:
+                say(
+                    f"{self.name}: onnxruntime {onnxruntime_version()} on "
+                    f"{self.onnx.threads} threads (export {self.onnx.dir})"
+                )
+                return self.backend
+        n = set_torch_threads(self.threads)
+        if self._announce:
+            say(f"{self.name}: torch {torch.__version__} on {n} threads ({self.device})")
+        return self.backend
+
+    @cached_property
+    def _backend_ready(self) -> str:
+        return self._ready()
+
+
 class ExportRejected(RuntimeError):
     """An export that could not be built, or whose features miss ``TOLERANCE``."""
 

@@ -156,7 +156,7 @@ def read_st_pooling(read_json, where: str) -> STPooling | None:
     return STPooling(tuple(modes), normalize)
 
 
-class HFTextEncoder:
+class HFTextEncoder(runtime.BackendSetup):
     """A transformers encoder used as a frozen text backbone.
 
     Args:
@@ -408,29 +408,6 @@ class HFTextEncoder:
             threads=self.threads,
             root=self.export_dir,
         )
-
-    def _ready(self) -> str:
-        """Set up the chosen backend once (its export, threads) and say which it is."""
-        if self.backend == "onnx":
-            try:
-                self.onnx.session  # noqa: B018 - builds or loads the export
-            except runtime.ExportRejected as e:
-                runtime.say(f"{self.name}: the ONNX export was refused ({e}); running on torch")
-                self.backend = "torch"
-            else:
-                runtime.say(
-                    f"{self.name}: onnxruntime {runtime.onnxruntime_version()} on "
-                    f"{self.onnx.threads} threads (export {self.onnx.dir})"
-                )
-                return self.backend
-        n = runtime.set_torch_threads(self.threads)
-        if self._announce:
-            runtime.say(f"{self.name}: torch {torch.__version__} on {n} threads ({self.device})")
-        return self.backend
-
-    @cached_property
-    def _backend_ready(self) -> str:
-        return self._ready()
 
     @torch.no_grad()
     def forward_torch(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
