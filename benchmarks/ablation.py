@@ -8,6 +8,11 @@ many class pairs fall under ζ, the share of batch pairs the graph loss touches,
 whether training converged (early stop) or hit the epoch cap, and the cross-modal R@1
 of ranking by the classifiers' posteriors instead of the embeddings (a bound check).
 
+With ``--shares``, a variant with an instance subspace (``instance_dims > 0``) is also
+scored at each share s, on the same trained towers: the share does not enter any
+loss (the class terms read the class part, the instance term the instance part, each
+renormalised), only the joined embedding, so it is a dial read off one training run.
+
     python benchmarks/ablation.py --manifest OC/manifest_stripped.csv --seeds 0 1
 """
 
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from huse.dataset import DataConfig, build_feature_set
-from huse.evaluate import embed, softmax, space_metrics, summary_scores
+from huse.evaluate import embed, evaluate_net, softmax, space_metrics, summary_scores
 from huse.methods import get_method, resolve_config
 from huse.runs import fit_features, graph_stats
 
@@ -109,6 +114,69 @@ VARIANTS: dict[str, dict] = {
     "instance η=3, classmates only": {"instance_weight": 3.0, "instance_other_class_weight": 0.0},
     "instance η=0.3, classmates 0.3": {"instance_weight": 0.3, "instance_same_class_weight": 0.3},
     "instance η=0.3, τ=0.1": {"instance_weight": 0.3, "instance_temperature": 0.1},
+    # The instance term on its own subspace (huse.model.join_embedding), from the
+    # previous default (η = 0) upwards; plain InfoNCE there unless said.
+    "η=0 (previous default)": {"instance_weight": 0.0},
+    "subspace 128, share 0.25": {
+        "instance_dims": 128,
+        "instance_share": 0.25,
+        "instance_same_class_weight": 1.0,
+    },
+    "subspace 128, share 0.15": {
+        "instance_dims": 128,
+        "instance_share": 0.15,
+        "instance_same_class_weight": 1.0,
+    },
+    "subspace 128, share 0.4": {
+        "instance_dims": 128,
+        "instance_share": 0.4,
+        "instance_same_class_weight": 1.0,
+    },
+    "subspace 64, share 0.25": {
+        "instance_dims": 64,
+        "instance_share": 0.25,
+        "instance_same_class_weight": 1.0,
+    },
+    "subspace 256, share 0.25": {
+        "instance_dims": 256,
+        "instance_share": 0.25,
+        "instance_same_class_weight": 1.0,
+    },
+    "subspace 128, share 0.25, classmates 0.3": {"instance_dims": 128, "instance_share": 0.25},
+    "subspace 128, share 0.25, τ=0.1": {
+        "instance_dims": 128,
+        "instance_share": 0.25,
+        "instance_same_class_weight": 1.0,
+        "instance_temperature": 0.1,
+    },
+    "subspace 128, τ=0.1, classmates 0.3": {
+        "instance_dims": 128,
+        "instance_share": 0.25,
+        "instance_temperature": 0.1,
+    },
+    "subspace 128, share 0.1": {
+        "instance_dims": 128,
+        "instance_share": 0.1,
+        "instance_same_class_weight": 1.0,
+    },
+    "own towers 128, share 0.2": {
+        "instance_dims": 128,
+        "instance_share": 0.2,
+        "instance_towers": True,
+        "instance_same_class_weight": 1.0,
+    },
+    "own towers 256, share 0.2": {
+        "instance_dims": 256,
+        "instance_share": 0.2,
+        "instance_towers": True,
+        "instance_same_class_weight": 1.0,
+    },
+    "subspace 128, share 0.25, η=0.3": {
+        "instance_dims": 128,
+        "instance_share": 0.25,
+        "instance_same_class_weight": 1.0,
+        "instance_weight": 0.3,
+    },
     "xmodal δ=1 + cosine s=32 + hier τ=0.05": {
         "delta": 1.0,
         "cosine_classifier": True,
@@ -146,6 +214,13 @@ def main() -> None:
         nargs="+",
         default=["huse"],
         help="methods to run each variant with (baselines get the same overrides)",
+    )
+    ap.add_argument(
+        "--shares",
+        nargs="*",
+        type=float,
+        default=[],
+        help="also score subspace variants at these instance shares (same towers)",
     )
     ap.add_argument("--image-backbone", default=DataConfig.image_backbone)
     ap.add_argument(
@@ -211,6 +286,20 @@ def main() -> None:
                 "posterior_cross_R@1": posterior,
             }
             results.setdefault(key, []).append(row)
+            if cfg.instance_dims and cfg.instance_weight > 0:
+                trained = res.net.cfg.instance_share
+                for share in args.shares:
+                    res.net.cfg.instance_share = share
+                    ss = summary_scores(evaluate_net(res.net, fs, "val"))
+                    sub = f"{key} @ share {share:g}"
+                    results.setdefault(sub, []).append({**row, **ss})
+                    print(
+                        f"{sub:24s} seed {seed}: xR@1 {ss['instance_xR@1']:.3f}  "
+                        f"nDCG@10 {ss['mean_nDCG@10']:.3f}  cross R@1 {ss['cross_R@1']:.3f}  "
+                        f"HP@5 {ss['mean_HP@5']:.3f}",
+                        flush=True,
+                    )
+                res.net.cfg.instance_share = trained
             print(
                 f"{key:24s} seed {seed}: xR@1 {s['instance_xR@1']:.3f}  "
                 f"nDCG@10 {s['mean_nDCG@10']:.3f}  cross R@1 {s['cross_R@1']:.3f}  "

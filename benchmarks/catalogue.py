@@ -27,6 +27,7 @@ the update only the changed ones (their backbone features come from the cache).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -46,6 +47,7 @@ from scale import mixture  # noqa: E402
 from huse.index import (  # noqa: E402
     IndexConfig,
     build_index,
+    diff_items,
     load_index,
     load_items,
     update_folder,
@@ -68,6 +70,8 @@ def catalogue(n: int, seed: int, first_id: int = 0) -> tuple[pd.DataFrame, dict]
             "split": "train",
         }
     )
+    # 64 hex digits, like huse's content digests (here of the text alone).
+    items["content"] = [hashlib.sha256(t.encode()).hexdigest() for t in items["text"]]
     vec = {"image": mixture(n, D, 200, seed), "text": mixture(n, D, 200, seed + 1)}
     return items, vec
 
@@ -113,6 +117,7 @@ def bench(factory: str, args, tmp: Path) -> dict:
         {k_: mixture(len(changed), D, 200, 5 + j) for j, k_ in enumerate(("image", "text"))},
     )
     ch_items["text"] = ch_items["text"] + " (changed)"
+    ch_items["content"] = [hashlib.sha256(t.encode()).hexdigest() for t in ch_items["text"]]
     delta_items = pd.concat([ch_items, new_items], ignore_index=True)
     delta_vec = {k_: np.vstack([ch_vec[k_], new_vec[k_]]) for k_ in vec}
 
@@ -127,13 +132,19 @@ def bench(factory: str, args, tmp: Path) -> dict:
     rebuilt.save(tmp / f"rebuilt-{factory}")
     t_rebuild = time.perf_counter() - t0
 
+    # What `huse index --update` does once the manifest is read: the index's ids and
+    # digests, the comparison, the new folder.
+    manifest_items = final_items
+    digests = manifest_items["content"].to_numpy()  # a manifest's digests, computed
     t0 = time.perf_counter()
-    current = load_items(folder)
-    old_items = current[0]
+    current = load_items(folder, ["id", "content"])
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
-    row_of = {i: r for r, i in enumerate(old_items["id"].tolist())}
-    remove_rows = [row_of[f"item{i}"] for i in np.concatenate([removed, changed])]
+    fresh, changed_pos, changed_rows, missing = diff_items(
+        current[0], manifest_items["id"].to_numpy(), digests
+    )
+    assert len(fresh) == add_n and len(changed_pos) == len(changed), (len(fresh), len(changed_pos))
+    remove_rows = np.concatenate([changed_rows, missing])
     _, warnings = update_folder(
         folder, np.array(remove_rows), delta_items, delta_vec, cfg, current=current
     )

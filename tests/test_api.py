@@ -76,7 +76,8 @@ def make_model(classifier: str = "shared") -> HUSEModel:
     cfg = ModelConfig(
         image_dim=12, text_dim=10, tfidf_dim=tf.dim, num_classes=3, embed_dim=16, hidden=32,
         image_layers=2, dropout=0.15, input_dropout=0.5, classifier=classifier,
-        logit_scale=8.0, fusion_weight=0.4, cosine_classifier=False,
+        logit_scale=8.0, fusion_weight=0.4, cosine_classifier=False, instance_dims=0,
+        instance_share=0.25, instance_towers=False,
     )  # fmt: skip
     net = HUSENet(cfg)
     net.set_input_stats(rng.uniform(0, 1, (40, 12)), rng.normal(1, 1, (40, 10)))

@@ -344,3 +344,25 @@ def test_an_empty_split_gives_every_key_with_no_value(make_feature_set, classifi
     raw = evaluate_raw(fs, "no-such-split")
     assert raw["classification"] == {"image": None, "text": None, "fusion": None}
     assert raw["retrieval"]["i2i"]["R@1"] is None
+
+
+def test_evaluate_net_on_the_class_part_alone(make_feature_set):
+    from huse.evaluate import level_metrics, space_metrics
+
+    fs = make_feature_set()
+    cfg = paper_cfg(
+        image_dim=32, text_dim=48, tfidf_dim=fs.tfidf.shape[1], num_classes=10, embed_dim=16,
+        hidden=32, instance_dims=6, instance_share=0.4, instance_towers=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    net = HUSENet(cfg).eval()
+    idx = fs.split_indices("test")
+    whole, part = evaluate_net(net, fs, "test"), evaluate_net(net, fs, "test", class_part=True)
+    out = embed(net, fs, idx)
+    c_img, c_txt = (x[:, :10] / np.linalg.norm(x[:, :10], axis=1, keepdims=True) for x in out[:2])
+    retrieval, hier, _ = space_metrics(c_img, c_txt, fs.labels[idx], fs.hierarchy)
+    instance, graded = level_metrics(c_img, c_txt, fs.labels[idx], fs.hierarchy)
+    assert part["retrieval"] == retrieval and part["hierarchical"] == hier
+    assert part["instance"] == instance and part["graded"] == graded
+    assert part["classification"] == whole["classification"]  # the classifier reads c anyway
+    assert part["retrieval"] != whole["retrieval"]

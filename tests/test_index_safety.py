@@ -192,7 +192,7 @@ def fake_run(tmp_path, monkeypatch):
     (run / "model" / "model.safetensors").write_bytes(b"")
     (run / "run.json").write_text(json.dumps({"manifest": str(tmp_path / "m.csv")}))
     stub = SimpleNamespace(info=SimpleNamespace(model=SimpleNamespace(embed_dim=16)))
-    monkeypatch.setattr("huse.model.HUSEModel.load", lambda path: stub)
+    monkeypatch.setattr("huse.model.HUSEModel.load", lambda path, device=None: stub)
 
     def no_embedding(*a, **kw):
         raise AssertionError("the catalogue was embedded before the check")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -232,3 +233,72 @@ def test_saved_updates_append_segments_then_compact(factory, tmp_path):
         assert (folder / "image.faiss").stat().st_ino == base_inode
         assert rounds * 8 + rounds * 4 <= COMPACT_FRACTION * len(index)
     assert sorted(p.name for p in folder.iterdir()) == sorted(["index.json", *info["files"]])
+
+
+def test_leftovers_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
+    from huse.index import remove_leftovers
+
+    ix = tmp_path / "ix"
+    ix.mkdir()
+    tmp = tmp_path / ".ix.tmp-abc"
+    tmp.mkdir()
+    for name in ("index.json", "d1.image.faiss", "d1.items.parquet", "removed.npy"):
+        (tmp / name).write_text("x")
+    old = tmp_path / ".ix.old-def" / "index"
+    old.mkdir(parents=True)
+    (old / "image.faiss").write_text("x")
+    mixed = tmp_path / ".ix.tmp-ghi"
+    mixed.mkdir()
+    (mixed / "text.faiss").write_text("x")
+    (mixed / "notes.txt").write_text("the user's")  # not an index file: kept, and its folder
+    other = tmp_path / ".other.tmp-jkl"  # another index's: not ours to judge
+    other.mkdir()
+    (other / "index.json").write_text("x")
+    gone = remove_leftovers(ix)
+    assert sorted(p.name for p in gone) == [".ix.old-def", ".ix.tmp-abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ix.tmp-ghi", ".other.tmp-jkl", "ix"]
+    assert sorted(p.name for p in mixed.iterdir()) == ["notes.txt"]
+
+
+def test_the_writer_lock_is_reentrant_and_released(tmp_path):
+    from huse.index import writer_lock
+
+    ix = tmp_path / "ix"
+    with writer_lock(ix):
+        assert (tmp_path / ".ix.lock").is_file()
+        info = json.loads((tmp_path / ".ix.lock").read_text())
+        assert info["pid"] == os.getpid()
+        with writer_lock(ix):  # the same process again (save inside an update)
+            pass
+        assert (tmp_path / ".ix.lock").is_file()
+    assert not (tmp_path / ".ix.lock").exists()
+
+
+def test_diff_items_by_hand():
+    from huse.index import diff_items
+
+    old = pd.DataFrame({"id": ["a", "b", "c", "d"], "content": ["1", "2", "3", "4"]})
+    # b unchanged, c changed, a and d gone, e and f new.
+    fresh, changed, changed_rows, missing = diff_items(
+        old, np.array(["e", "b", "c", "f"]), ["9", "2", "x", "8"]
+    )
+    assert fresh.tolist() == [0, 3] and changed.tolist() == [2]
+    assert changed_rows.tolist() == [2] and missing.tolist() == [0, 3]
+    # An index from before content digests: every known item counts as changed.
+    fresh, changed, changed_rows, missing = diff_items(
+        old[["id"]], np.array(["b", "a"]), ["2", "1"]
+    )
+    assert fresh.tolist() == [] and changed.tolist() == [0, 1] and changed_rows.tolist() == [1, 0]
+    assert missing.tolist() == [2, 3]
+
+
+def test_load_items_reads_only_the_columns_asked_for(tmp_path):
+    from huse.index import load_items
+
+    items, vec = catalogue(list(range(30)))
+    items["content"] = [f"digest {i}" for i in range(30)]
+    build_index(vec, items, IndexConfig(factory="Flat")).save(tmp_path / "ix")
+    part, info = load_items(tmp_path / "ix", ["id", "content", "no such column"])
+    assert list(part.columns) == ["id", "content"] and info["count"] == 30
+    assert part["id"].tolist() == items["id"].tolist()
+    assert part["content"].tolist() == items["content"].tolist()

@@ -120,3 +120,40 @@ def test_gradient_pulls_the_own_pair_ahead_of_a_classmate():
 def test_bad_settings(kw):
     with pytest.raises(ValueError):
         InstanceLoss(**kw)
+
+
+# --- the instance subspace ---------------------------------------------------------------
+
+
+def test_with_a_subspace_each_term_reads_its_own_part():
+    # u = [√(1−s)·c, √s·q]: the class terms see c (as if alone), the instance term q.
+    from huse.losses import GapLoss, SemanticGraphLoss
+    from huse.model import join_embedding
+
+    g = torch.Generator().manual_seed(4)
+    zi, zt = torch.randn(6, 9, generator=g), torch.randn(6, 9, generator=g)
+    li, lt = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1, 1])
+    graph = torch.tensor([[0.0, 0.6, 0.9], [0.6, 0.0, 0.4], [0.9, 0.4, 0.0]])
+    ui, ut = join_embedding(zi, 3, 0.3), join_embedding(zt, 3, 0.3)
+    ci, ct = F.normalize(zi[:, :6], dim=-1), F.normalize(zt[:, :6], dim=-1)
+    qi, qt = F.normalize(zi[:, 6:], dim=-1), F.normalize(zt[:, 6:], dim=-1)
+
+    def loss(**kw):
+        return HUSELoss(
+            1.0, 0.5, 2.0, graph_loss=SemanticGraphLoss(graph, 1.0), gap_loss=GapLoss(),
+            instance_weight=0.7, instance_loss=InstanceLoss(0.1, 0.05, 0.5), **kw,
+        )  # fmt: skip
+
+    total, terms = loss(instance_dims=3, instance_share=0.3)(ui, ut, li, lt, y)
+    _, whole = loss()(ci, ct, li, lt, y)  # every term on the class parts alone
+    for name in ("cls", "graph", "gap"):
+        assert terms[name] == pytest.approx(whole[name], rel=1e-5)
+    assert terms["instance"] == pytest.approx(float(InstanceLoss(0.1, 0.05, 0.5)(qi, qt, y)))
+    want = terms["cls"] + 0.5 * terms["graph"] + 2.0 * terms["gap"] + 0.7 * terms["instance"]
+    assert float(total) == pytest.approx(want, rel=1e-5)
+
+
+def test_the_subspace_settings_are_checked():
+    with pytest.raises(ValueError, match="instance_share"):
+        HUSELoss(1.0, 0.0, 1.0, instance_weight=1.0, instance_dims=4, instance_share=1.0)

@@ -113,3 +113,15 @@ def test_baselines_refuse_the_instance_term():
     with pytest.raises(ConfigError, match="does not use instance_weight"):
         resolve_config("shared", instance_weight=1.0)
     assert resolve_config("shared", monitor="mean_nDCG@10").monitor == "mean_nDCG@10"
+
+
+def test_the_instance_subspace_of_each_method_and_preset():
+    huse_cfg = resolve_config("huse")
+    assert (huse_cfg.instance_subspace(), huse_cfg.instance_towers) == (128, True)
+    assert resolve_config("huse", embed_dim=64).instance_subspace() == 16  # a quarter of D
+    assert resolve_config("huse", instance_dims=32).instance_subspace() == 32
+    assert resolve_config("huse", instance_weight=0.0).instance_subspace() == 0
+    assert resolve_config("huse", "paper").instance_subspace() == 0  # the paper's objective
+    assert resolve_config("shared").instance_subspace() == 0
+    with pytest.raises(ConfigError, match="instance_dims 512"):
+        resolve_config("huse", instance_dims=512)

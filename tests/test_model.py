@@ -185,7 +185,10 @@ SAVED_MODEL_CONFIG = """{
     "classifier": "shared",
     "logit_scale": 16.0,
     "fusion_weight": 0.3,
-    "cosine_classifier": false
+    "cosine_classifier": false,
+    "instance_dims": 0,
+    "instance_share": 0.25,
+    "instance_towers": false
 }"""
 
 
@@ -684,3 +687,99 @@ def test_load_on_a_device_embeds_there_and_gives_the_cpu_vectors(tmp_path, devic
     np.testing.assert_allclose(
         on.embed_text_features(txt, tf), model.embed_text_features(txt, tf), atol=1e-5
     )
+
+
+# --- the instance subspace ---------------------------------------------------------------
+
+
+def test_join_and_split_embedding_by_hand():
+    from huse.model import join_embedding, split_embedding
+
+    z = torch.tensor([[3.0, 4.0, 0.0, 2.0]])  # class part (3, 4, 0), instance part (2,)
+    u = join_embedding(z, 1, 0.36)
+    torch.testing.assert_close(u, torch.tensor([[0.8 * 0.6, 0.8 * 0.8, 0.0, 0.6]]))
+    c, q = split_embedding(u, 1, 0.36)
+    torch.testing.assert_close(c, torch.tensor([[0.6, 0.8, 0.0]]))
+    torch.testing.assert_close(q, torch.tensor([[1.0]]))
+    # Without a subspace both are plain L2 normalisation and the whole vector.
+    torch.testing.assert_close(join_embedding(z, 0, 0.0), F.normalize(z, dim=-1))
+    assert split_embedding(u, 0, 0.0)[0] is u
+
+
+def test_a_cosine_is_the_share_weighted_sum_of_the_parts():
+    from huse.model import join_embedding, split_embedding
+
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(5, 12, generator=g), torch.randn(5, 12, generator=g)
+    ua, ub = join_embedding(a, 4, 0.2), join_embedding(b, 4, 0.2)
+    torch.testing.assert_close(ua.norm(dim=-1), torch.ones(5))
+    (ca, qa), (cb, qb) = split_embedding(ua, 4, 0.2), split_embedding(ub, 4, 0.2)
+    want = 0.8 * (ca * cb).sum(-1) + 0.2 * (qa * qb).sum(-1)
+    torch.testing.assert_close((ua * ub).sum(-1), want)
+
+
+def test_the_classifier_reads_the_class_part_only():
+    torch.manual_seed(0)
+    net = HUSENet(small_cfg(embed_dim=16, instance_dims=4, instance_share=0.25)).eval()
+    assert net.classifier.in_features == 12
+    x = torch.randn(3, 12)
+    u = net.embed_image(x)
+    assert u.shape == (3, 16)
+    torch.testing.assert_close(u.norm(dim=-1), torch.ones(3))
+    moved = u.clone()
+    moved[:, 12:] = F.normalize(torch.randn(3, 4), dim=-1) * 0.5  # another instance part
+    li, _, _ = net.logits(u, None)
+    torch.testing.assert_close(net.logits(moved, None)[0], li)
+    want = net.cfg.logit_scale * net.classifier(F.normalize(u[:, :12], dim=-1))
+    torch.testing.assert_close(li, want)
+
+
+@pytest.mark.parametrize("kw", [{"instance_dims": 16}, {"instance_dims": 4, "instance_share": 0.0}])
+def test_bad_subspace_settings(kw):
+    with pytest.raises(ValueError, match="instance_"):
+        HUSENet(small_cfg(embed_dim=16, **({"instance_share": 0.25} | kw)))
+
+
+def test_a_model_saved_before_the_subspace_loads(tmp_path):
+    # config.json files written before instance_dims existed have neither key.
+    model = make_model()
+    model.save(tmp_path / "m", card="card")
+    path = tmp_path / "m" / "config.json"
+    raw = json.loads(path.read_text())
+    assert raw["model"].pop("instance_dims") == 0
+    raw["model"].pop("instance_share")
+    raw["model"].pop("instance_towers")
+    path.write_text(json.dumps(raw))
+    loaded = huse.load(tmp_path / "m")
+    assert (loaded.info.model.instance_dims, loaded.info.model.instance_share) == (0, 0.0)
+    img = np.random.default_rng(1).normal(2, 3, (4, 12)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.embed_image_features(img), model.embed_image_features(img))
+
+
+def test_instance_towers_keep_the_two_parts_apart():
+    from huse.model import split_embedding
+
+    torch.manual_seed(0)
+    cfg = small_cfg(embed_dim=16, instance_dims=4, instance_share=0.25, instance_towers=True)
+    net = HUSENet(cfg)
+    assert net.image_tower[-1].out_features == 12 and net.image_instance_tower[-1].out_features == 4
+    assert net.text_tower.rest[-1].out_features == 12
+    assert net.text_instance_tower.rest[-1].out_features == 4
+    x, t, tf = torch.randn(5, 12), torch.randn(5, 10), torch.eye(5, 7).to_sparse()
+    u, v = net.embed_image(x), net.embed_text(t, tf)
+    assert u.shape == v.shape == (5, 16)
+    (_, qi), (_, qt) = split_embedding(u, 4, 0.25), split_embedding(v, 4, 0.25)
+    (qi * qt).sum().backward()  # a term on the instance parts only
+    for name, p in net.named_parameters():
+        touched = p.grad is not None and bool(p.grad.abs().sum() > 0)
+        assert touched == ("instance_tower" in name), name
+    net.zero_grad(set_to_none=True)
+    li, lt, _ = net.logits(net.embed_image(x), net.embed_text(t, tf))
+    (li.sum() + lt.sum()).backward()  # the classifier reads the class parts only
+    assert all(
+        p.grad is None or not p.grad.abs().sum() > 0
+        for name, p in net.named_parameters()
+        if "instance_tower" in name
+    )
+    with pytest.raises(ValueError, match="instance_towers needs"):
+        HUSENet(small_cfg(embed_dim=16, instance_dims=0, instance_towers=True))

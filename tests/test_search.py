@@ -177,6 +177,24 @@ def test_cli_errors_are_clear(tiny_run, tmp_path, capsys):
     assert "inverted lists" in capsys.readouterr().err
 
 
+def test_device_flags_of_index_search_and_serve(tiny_run, tmp_path, capsys):
+    # No CUDA GPU here (the CI machine has none either): one line before any loading.
+    for argv in (
+        ["search", str(tiny_run), "--text", "a bird"],
+        ["search", str(tiny_run), "--queries", "-"],
+        ["index", str(tiny_run), "--out", str(tmp_path / "i"), "--quiet"],
+        ["serve", str(tiny_run), "--port", "1"],
+    ):
+        assert run_cli([*argv, "--device", "cuda:7"]) == 2
+        line = one_error_line(capsys)
+        assert "device 'cuda:7'" in line and "use cpu" in line
+        assert run_cli([*argv, "--device", "gpu please"]) == 2
+        assert "not a torch device" in one_error_line(capsys)
+    assert not (tmp_path / "i").exists()
+    assert run_cli(["search", str(tiny_run), "--text", "a bird", "--device", "cpu", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 10
+
+
 @pytest.mark.parametrize("text", ["<b></b>", "\u200b\u200b", "https://example.com/x"])
 def test_a_query_with_no_words_is_refused(searcher, tiny_run, capsys, text):
     from huse.errors import QueryError
@@ -318,12 +336,44 @@ def test_a_killed_update_leaves_the_old_index_and_a_rerun_completes_it(tiny_run,
     after = load_index(ix)  # every checksum verified
     pd.testing.assert_frame_equal(after.items, before.items)
     assert sorted(p.name for p in ix.iterdir()) == sorted(["index.json", *after.info["files"]])
-    # The rerun does the whole update (the killed run's half is not trusted).
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ix."))
+    assert [n for n in left if n.startswith(".ix.tmp-")], left  # the killed run's new folder
+    # The rerun does the whole update (the killed run's half is not trusted), and clears
+    # what the killed run left: its temporary folder and its lock file.
     assert run_cli(argv) == 0
     done = load_index(ix)
     assert len(done) == 116 and "a completely different description of it" in set(
         done.items["text"]
     )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ix.")] == []
+
+
+def test_a_second_writer_of_one_index_stops_with_one_line(tiny_run, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    ix = tmp_path / "ix"
+    assert run_cli(["index", str(tiny_run), "--out", str(ix), "--quiet"]) == 0
+    before = load_index(ix)
+    p2, _, _ = _manifests(tiny_run, tmp_path)
+    capsys.readouterr()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; import huse.index as I\n"
+         f"with I.writer_lock({str(ix)!r}):\n print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["index", str(tiny_run), "--update", str(p2), "--out", str(ix), "--quiet"]
+        assert run_cli(argv) == 2
+        line = one_error_line(capsys)
+        assert f"another huse process (pid {holder.pid} on " in line and str(ix) in line
+        pd.testing.assert_frame_equal(load_index(ix).items, before.items)  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli(argv) == 0  # the kernel dropped the dead holder's lock
+    assert "a completely different description of it" in set(load_index(ix).items["text"])
 
 
 def test_cli_search_within_a_branch(tiny_run, capsys):

@@ -305,6 +305,21 @@ class TrainConfig:
         1.0, "weight in [0, 1] of other-class negatives in the instance term (0: classmates only)",
         group=_LOSS,
     )  # fmt: skip
+    instance_dims: int | None = setting(
+        0, "size of an instance subspace at the end of the embedding, read by the instance "
+        "term only (0: none, the term acts on the whole embedding; unset: a quarter of "
+        "embed_dim, the huse method's default)",
+        group=_LOSS,
+    )  # fmt: skip
+    instance_share: float = setting(
+        0.2, "share in (0, 1) of the cosine that the instance subspace contributes",
+        group=_LOSS,
+    )  # fmt: skip
+    instance_towers: bool = setting(
+        False, "the instance subspace gets its own image and text towers (else: the last "
+        "instance_dims outputs of the class towers)",
+        group=_LOSS,
+    )  # fmt: skip
     temperature: float = setting(
         0.07, "initial temperature of the contrastive method's InfoNCE (learned)", group=_LOSS
     )
@@ -342,6 +357,13 @@ class TrainConfig:
         # one-line answer as a flag: `--lr nan` would otherwise train for minutes on NaNs.
         _raise("training settings", _train_problems(self))
 
+    def instance_subspace(self) -> int:
+        """R, the instance subspace's size as trained: 0 without an instance term, a
+        quarter of ``embed_dim`` when ``instance_dims`` is unset."""
+        if self.instance_weight <= 0:
+            return 0
+        return self.embed_dim // 4 if self.instance_dims is None else self.instance_dims
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
@@ -371,6 +393,9 @@ def _train_problems(c: TrainConfig) -> list[str]:
     need(0 <= c.momentum < 1, "momentum", "in [0, 1)")
     need(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)")
     need(c.embed_dim >= 1, "embed_dim", "at least 1")
+    need(c.instance_dims is None or 0 <= c.instance_dims < c.embed_dim, "instance_dims",
+         f"in [0, embed_dim {c.embed_dim})")  # fmt: skip
+    need(0 < c.instance_share < 1, "instance_share", "in (0, 1)")
     need(0 <= c.dropout < 1, "dropout", "in [0, 1)")
     need(0 <= c.input_dropout < 1, "input_dropout", "in [0, 1)")
     need(0 <= c.fusion_weight <= 1, "fusion_weight", "in [0, 1]")

@@ -248,9 +248,13 @@ def evaluate_net(
     *,
     chunk_size: int = 1024,
     train_split: str = "train",
+    class_part: bool = False,
 ) -> dict:
     """Every metric of a trained net on one split of a feature set (all None when the split
-    has no items, or when a method without a classifier has no training items to centre)."""
+    has no items, or when a method without a classifier has no training items to centre).
+
+    ``class_part``: measure the class part of the embeddings alone (``HUSENet.class_part``;
+    the whole embedding for a net without an instance subspace)."""
     idx = fs.split_indices(split)
     if len(idx) == 0:
         return empty_metrics(_mode(net))
@@ -258,6 +262,12 @@ def evaluate_net(
     h = fs.hierarchy
     _, dist = hierarchy_arrays(h)
     embedded = embed(net, fs, idx)
+    r = net.cfg.instance_dims
+    if class_part and r:
+        embedded = embedded._replace(
+            image_embedding=l2_normalize(embedded.image_embedding[:, :-r]),
+            text_embedding=l2_normalize(embedded.text_embedding[:, :-r]),
+        )
     scores, cls_mode = class_scores(net, fs, embedded, train_split)
     cls, cls_sev = {}, {}
     for name, s in scores.items():

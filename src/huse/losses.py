@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from huse.model import split_embedding
+
 __all__ = [
     "ClassificationLoss",
     "GapLoss",
@@ -507,6 +509,11 @@ class HUSELoss(nn.Module):
         instance_weight: weight of an :class:`InstanceLoss` term (0 = off, the paper); its
             term is logged as ``"instance"``.
         instance_loss: that term's module (default: ``InstanceLoss()``).
+        instance_dims: R > 0 when the embeddings carry an instance subspace
+            (``huse.model.join_embedding``): the classification, graph, gap and
+            cross-modal class terms then read the class part and the instance term the
+            instance part. 0: every term reads the whole embedding.
+        instance_share: s of that layout.
     """
 
     def __init__(
@@ -525,6 +532,8 @@ class HUSELoss(nn.Module):
         xmodal_temperature: float = 0.1,
         instance_weight: float = 0.0,
         instance_loss: nn.Module | None = None,
+        instance_dims: int = 0,
+        instance_share: float = 0.0,
     ) -> None:
         super().__init__()
         for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -553,6 +562,12 @@ class HUSELoss(nn.Module):
         self.instance_loss = None
         if instance_weight > 0:
             self.instance_loss = instance_loss if instance_loss is not None else InstanceLoss()
+        if instance_dims < 0 or (instance_dims and not 0 < instance_share < 1):
+            raise ValueError(
+                f"HUSELoss: instance_dims must be >= 0 and instance_share in (0, 1); got "
+                f"{instance_dims}, {instance_share}"
+            )
+        self.instance_dims, self.instance_share = int(instance_dims), float(instance_share)
 
     def forward(
         self,
@@ -563,6 +578,11 @@ class HUSELoss(nn.Module):
         labels: Tensor,
     ) -> tuple[Tensor, dict[str, float]]:
         zero = image_emb.new_zeros(())
+        # Logits come from the model, which already reads the class part.
+        (image_emb, image_inst), (text_emb, text_inst) = (
+            split_embedding(e, self.instance_dims, self.instance_share)
+            for e in (image_emb, text_emb)
+        )
         cls = self.cls_loss(image_logits, text_logits, labels) if self.alpha > 0 else zero
         graph = (
             self.graph_loss(image_emb, text_emb, labels)
@@ -577,7 +597,7 @@ class HUSELoss(nn.Module):
             total = total + self.delta * xmodal
             named.append(("xmodal", xmodal))
         if self.instance_loss is not None:
-            instance = self.instance_loss(image_emb, text_emb, labels)
+            instance = self.instance_loss(image_inst, text_inst, labels)
             total = total + self.instance_weight * instance
             named.append(("instance", instance))
         terms = {name: float(value.detach()) for name, value in (*named, ("total", total))}

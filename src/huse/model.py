@@ -59,6 +59,15 @@ class ModelConfig:
         cosine_classifier: normalise the classifier's weight rows (no bias), so the
             logits are ``logit_scale · cos(u, w_k)``: each class becomes a prototype on
             the sphere that the image and the text embeddings of its items are pulled to.
+        instance_dims: R, the size of an instance subspace at the end of the embedding
+            (0: none). The embedding is then ``[√(1−s)·c, √s·q]`` with ``c`` the unit
+            class part (D − R dims, what the classifier and the class losses see) and
+            ``q`` the unit instance part (R dims, what the instance term sees), so a
+            cosine is ``(1−s)·cos(c, c') + s·cos(q, q')``; see ``split_embedding``.
+        instance_share: s, the instance part's share of the cosine, in (0, 1).
+        instance_towers: the instance part comes from a second image and text tower
+            of the class towers' shapes (False: from the last R outputs of the class
+            towers, which then share every hidden layer with it).
     """
 
     # kw_only keeps the fields in this order (that of every saved config.json) although
@@ -77,7 +86,13 @@ class ModelConfig:
     logit_scale: float
     fusion_weight: float
     cosine_classifier: bool
+    instance_dims: int
+    instance_share: float
+    instance_towers: bool
 
+
+# What a config.json written before the instance subspace means by its absence.
+NO_INSTANCE_SUBSPACE = {"instance_dims": 0, "instance_share": 0.0, "instance_towers": False}
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -101,6 +116,29 @@ class ModelOutput(NamedTuple, Generic[T]):
         return ModelOutput(*(None if v is None else fn(v) for v in self))
 
 
+def join_embedding(z: torch.Tensor, instance_dims: int, share: float) -> torch.Tensor:
+    """A tower's output ``z`` to the unit embedding ``[√(1−s)·c, √s·q]`` (``c``, ``q``: the
+    L2-normalised first D − R and last R coordinates); plain L2 normalisation when R = 0."""
+    if not instance_dims:
+        return F.normalize(z, dim=-1)
+    c = F.normalize(z[..., :-instance_dims], dim=-1)
+    q = F.normalize(z[..., -instance_dims:], dim=-1)
+    return torch.cat([(1.0 - share) ** 0.5 * c, share**0.5 * q], dim=-1)
+
+
+def split_embedding(
+    u: torch.Tensor, instance_dims: int, share: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class part, instance part) of a unit embedding from ``join_embedding``, each
+    renormalised to unit length; ``(u, u)`` when there is no instance subspace."""
+    if not instance_dims:
+        return u, u
+    return (
+        F.normalize(u[..., :-instance_dims], dim=-1),
+        F.normalize(u[..., -instance_dims:], dim=-1),
+    )
+
+
 def _mlp(in_dim: int, hidden: int, layers: int, out_dim: int, dropout: float) -> nn.Sequential:
     mods: list[nn.Module] = []
     d = in_dim
@@ -119,15 +157,16 @@ class TextTower(nn.Module):
     dense B×V tensor.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, out_dim: int | None = None) -> None:
         super().__init__()
         h = cfg.hidden
+        out_dim = cfg.embed_dim if out_dim is None else out_dim
         self.dense_in = nn.Linear(cfg.text_dim, h)
         self.tfidf_in = nn.Parameter(torch.empty(cfg.tfidf_dim, h)) if cfg.tfidf_dim else None
         if self.tfidf_in is not None:
             bound = 1.0 / np.sqrt(cfg.text_dim + cfg.tfidf_dim)
             nn.init.uniform_(self.tfidf_in, -bound, bound)
-        self.rest = _mlp(h, h, cfg.text_layers - 1, cfg.embed_dim, cfg.dropout)
+        self.rest = _mlp(h, h, cfg.text_layers - 1, out_dim, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, tfidf: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,12 +190,32 @@ class HUSENet(nn.Module):
         self.register_buffer("image_std", torch.ones(cfg.image_dim))
         self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
         self.register_buffer("text_std", torch.ones(cfg.text_dim))
+        if not 0 <= cfg.instance_dims < cfg.embed_dim:
+            raise ValueError(
+                f"instance_dims must be in [0, embed_dim {cfg.embed_dim}); got {cfg.instance_dims}"
+            )
+        if cfg.instance_dims and not 0 < cfg.instance_share < 1:
+            raise ValueError(f"instance_share must be in (0, 1); got {cfg.instance_share}")
+        if cfg.instance_towers and not cfg.instance_dims:
+            raise ValueError("instance_towers needs an instance subspace (instance_dims > 0)")
+        # With instance towers the class towers give the class part and a second pair of
+        # the same shape the instance part, so the instance term's gradients never reach
+        # the class part; without, both parts are the last layer's outputs.
+        own = cfg.instance_dims if cfg.instance_towers else 0
         self.image_tower = _mlp(
-            cfg.image_dim, cfg.hidden, cfg.image_layers, cfg.embed_dim, cfg.dropout
+            cfg.image_dim, cfg.hidden, cfg.image_layers, cfg.embed_dim - own, cfg.dropout
         )
-        self.text_tower = TextTower(cfg)
+        self.text_tower = TextTower(cfg, cfg.embed_dim - own)
+        self.image_instance_tower = self.text_instance_tower = None
+        if own:
+            self.image_instance_tower = _mlp(
+                cfg.image_dim, cfg.hidden, cfg.image_layers, own, cfg.dropout
+            )
+            self.text_instance_tower = TextTower(cfg, own)
         self.input_drop = nn.Dropout(cfg.input_dropout)
-        k, d = cfg.num_classes, cfg.embed_dim
+        # The classifier reads the class part only, so the instance part is free to
+        # order an item's own pair among its classmates.
+        k, d = cfg.num_classes, cfg.embed_dim - cfg.instance_dims
         self.classifier = self.text_classifier = None
         bias = not cfg.cosine_classifier
         if cfg.classifier in ("shared", "separate"):
@@ -176,15 +235,29 @@ class HUSENet(nn.Module):
     def embed_image(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Image features to embeddings; ``normalize=False``: the tower's output before
         the L2 normalisation."""
-        z = self.image_tower(self.input_drop((x - self.image_mean) / self.image_std))
-        return F.normalize(z, dim=-1) if normalize else z
+        x = self.input_drop((x - self.image_mean) / self.image_std)
+        z = self.image_tower(x)
+        if self.image_instance_tower is not None:
+            z = torch.cat([z, self.image_instance_tower(x)], dim=-1)
+        return self._unit(z) if normalize else z
 
     def embed_text(
         self, x: torch.Tensor, tfidf: torch.Tensor | None = None, normalize: bool = True
     ) -> torch.Tensor:
         """Text features (and TF-IDF rows) to embeddings; see ``embed_image``."""
-        z = self.text_tower(self.input_drop((x - self.text_mean) / self.text_std), tfidf)
-        return F.normalize(z, dim=-1) if normalize else z
+        x = self.input_drop((x - self.text_mean) / self.text_std)
+        z = self.text_tower(x, tfidf)
+        if self.text_instance_tower is not None:
+            z = torch.cat([z, self.text_instance_tower(x, tfidf)], dim=-1)
+        return self._unit(z) if normalize else z
+
+    def _unit(self, z: torch.Tensor) -> torch.Tensor:
+        return join_embedding(z, self.cfg.instance_dims, self.cfg.instance_share)
+
+    def class_part(self, u: torch.Tensor) -> torch.Tensor:
+        """The unit class part of embeddings ``u`` (``u`` itself without an instance
+        subspace): what the classifier and the class-level losses read."""
+        return split_embedding(u, self.cfg.instance_dims, self.cfg.instance_share)[0]
 
     def logits(
         self, image_emb: torch.Tensor | None, text_emb: torch.Tensor | None
@@ -194,6 +267,10 @@ class HUSENet(nn.Module):
         c = self.cfg.classifier
         if c == "none":
             return None, None, None
+        if self.cfg.instance_dims:
+            image_emb, text_emb = (
+                None if e is None else self.class_part(e) for e in (image_emb, text_emb)
+            )
         if c == "concat":
             if image_emb is None or text_emb is None:
                 return None, None, None
@@ -723,7 +800,8 @@ class HUSEModel:
         config = path / "config.json"
         try:
             raw = json.loads(config.read_text(encoding="utf-8"))
-            raw["model"] = ModelConfig(**raw["model"])
+            # Models saved before the instance subspace have no such keys: none.
+            raw["model"] = ModelConfig(**(NO_INSTANCE_SUBSPACE | raw["model"]))
             info = ModelInfo(**raw)
             net = HUSENet(info.model)
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:

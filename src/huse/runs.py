@@ -60,9 +60,11 @@ from huse.index import (
     build_index,
     check_factory,
     check_output_dir,
+    diff_items,
     load_items,
     model_fingerprint,
     update_folder,
+    writer_lock,
 )
 from huse.methods import TrainConfig
 from huse.model import HUSEModel, HUSENet, ModelInfo
@@ -673,6 +675,7 @@ def index_run(
     out: str | Path | None = None,
     progress: bool = True,
     update: bool = False,
+    device: str | None = None,
 ) -> tuple[CatalogueIndex, Path]:
     """Embed a run's catalogue (its manifest, or another) and write ``RUN/index``.
 
@@ -684,6 +687,7 @@ def index_run(
         progress: show progress bars.
         update: bring the existing index up to date with ``manifest`` instead of building
             it anew (see ``update_index``); without an index there, build one.
+        device: torch device of the towers and backbones (None: a CUDA GPU when present).
 
     Returns:
         The index and the folder it was written to. After an update, ``index.info
@@ -699,16 +703,21 @@ def index_run(
     if manifest is None:
         manifest = rd.manifest()
     data_config = rd.data_config(required=False)
-    model = HUSEModel.load(model_dir)
+    model = HUSEModel.load(model_dir, device=device)
     check_factory(config.factory, model.info.model.embed_dim, config.search_params)
-    if update and (target / "index.json").exists():
-        return update_index(model, model_dir, target, manifest, data_config, config, progress)
-    index, target = _build_full(model, model_dir, target, manifest, data_config, config, progress)
-    if update:
-        n = len(index)
-        index.info["update"] = {"added": n, "changed": 0, "removed": 0, "unchanged": 0}
-        index.info["update"] |= {"dropped": 0, "warnings": [], "rebuilt": True}
-    index.save(target)
+    # One writer from the read of the old index to the swap: a second `huse index` on
+    # the same folder stops at once instead of embedding, then losing one of the updates.
+    with writer_lock(target):
+        if update and (target / "index.json").exists():
+            return update_index(model, model_dir, target, manifest, data_config, config, progress)
+        index, target = _build_full(
+            model, model_dir, target, manifest, data_config, config, progress
+        )
+        if update:
+            n = len(index)
+            index.info["update"] = {"added": n, "changed": 0, "removed": 0, "unchanged": 0}
+            index.info["update"] |= {"dropped": 0, "warnings": [], "rebuilt": True}
+        index.save(target)
     if update:
         index.info["update"]["written"] = True
     return index, target
@@ -765,7 +774,8 @@ def update_index(
     from huse.data.manifest import read_manifest
 
     t0 = time.perf_counter()
-    old_items, old_info = load_items(target)
+    # The two columns a comparison needs: the item table is most of an update's reading.
+    old_items, old_info = load_items(target, ["id", "content"])
     sha = model_fingerprint(model_dir)
     if old_info.get("model", {}).get("sha256") not in (None, sha):
         raise RunError(
@@ -777,28 +787,12 @@ def update_index(
     )
     man = read_manifest(manifest, dc.manifest)
     digests = content_digests(man.items, dc.max_image_file_bytes)
-    old_ids = old_items["id"].astype(str).tolist()
-    old_content = (
-        old_items["content"].astype(str).tolist()
-        if "content" in old_items.columns
-        else [None] * len(old_items)  # an index from before content digests: all re-embedded
-    )
-    row_of = {i: r for r, i in enumerate(old_ids)}
-    fresh, replaced, unchanged = [], [], 0
-    for pos, (item_id, digest) in enumerate(zip(man.items["id"].astype(str), digests)):
-        r = row_of.get(item_id)
-        if r is None:
-            fresh.append(pos)
-        elif old_content[r] != digest:
-            replaced.append(pos)
-        else:
-            unchanged += 1
-    seen = set(man.items["id"].astype(str))
-    missing = [r for r, i in enumerate(old_ids) if i not in seen]
-    remove = [row_of[str(man.items["id"].iloc[p])] for p in replaced]
+    fresh, replaced, replaced_rows, missing = diff_items(old_items, man.items["id"], digests)
+    unchanged = len(man.items) - len(fresh) - len(replaced)
+    remove = list(replaced_rows)
     if not config.keep_missing:
-        remove += missing
-    todo = sorted(fresh + replaced)
+        remove += list(missing)
+    todo = sorted([*fresh, *replaced])
     skipped = man.skipped
     new_items = old_items.iloc[:0].copy()
     vectors = {m: np.zeros((0, old_info["dim"]), np.float32) for m in old_info["modalities"]}

@@ -83,6 +83,10 @@ def model_config(fs: FeatureSet, cfg: TrainConfig) -> ModelConfig:
         logit_scale=cfg.logit_scale,
         cosine_classifier=cfg.cosine_classifier,
         fusion_weight=cfg.fusion_weight,
+        # The subspace exists only for the instance term that reads it.
+        instance_dims=cfg.instance_subspace(),
+        instance_share=cfg.instance_share,
+        instance_towers=cfg.instance_towers and cfg.instance_subspace() > 0,
     )
 
 
@@ -358,6 +362,13 @@ def _validate(module: nn.Module, fs: FeatureSet, monitor: str = "mean_R@1") -> d
     (the summary figure named by ``monitor``)."""
     vm = evaluate_net(module, fs, "val")
     sc = summary_scores(vm)
+    # With instance towers the class towers and the instance towers learn apart; the
+    # class part's figure decides (the instance towers are kept from the same epoch).
+    if getattr(module, "cfg", None) is not None and module.cfg.instance_towers:
+        part = summary_scores(evaluate_net(module, fs, "val", class_part=True))
+        score = part[monitor] if monitor != "instance_xR@1" else sc[monitor]
+    else:
+        score = sc[monitor]
     return {
         "val_acc_image": vm["classification"]["image"],
         "val_acc_text": vm["classification"]["text"],
@@ -367,7 +378,7 @@ def _validate(module: nn.Module, fs: FeatureSet, monitor: str = "mean_R@1") -> d
         "val_instance_xR@1": sc["instance_xR@1"],
         "val_mean_nDCG@10": sc["mean_nDCG@10"],
         # A split too small for the figure scores 0: early stopping then keeps the first.
-        "val_score": sc[monitor] if sc[monitor] is not None else 0.0,
+        "val_score": score if score is not None else 0.0,
     }
 
 
@@ -562,6 +573,7 @@ def _graph_active(
         b = order[s : s + batch_size]
         image, text, tfidf = net.feature_batch(fs, b)
         ie, te = net.embed_image(image), net.embed_text(text, tfidf)
+        ie, te = net.class_part(ie), net.class_part(te)
         graph_loss(ie, te, torch.from_numpy(fs.labels[b]).to(dev))
         if graph_loss.active_fraction is not None:
             fracs.append(graph_loss.active_fraction)

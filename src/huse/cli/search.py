@@ -24,10 +24,29 @@ INDEX, SERVE = "index.", "serve."
 SEARCH_MODALITIES = ("image", "text", "both")
 
 
+def _device(args: argparse.Namespace) -> str | None:
+    """``--device`` checked before the model loads (None: a CUDA GPU when present)."""
+    if args.device is None:
+        return None
+    from huse.model import check_device
+
+    return str(check_device(args.device))
+
+
+def _add_device_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--device",
+        default=None,
+        help=f"torch device that {what} (cpu, cuda, cuda:1...; default: a CUDA GPU when "
+        "torch sees one, else cpu)",
+    )
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from huse.runs import index_run
 
     config = _index_config(args)
+    device = _device(args)
     t0 = time.perf_counter()
     if args.update is not None:
         if args.manifest is not None:
@@ -50,6 +69,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         out=args.out,
         progress=not args.quiet,
         update=args.update is not None,
+        device=device,
     )
     info = index.info
     if args.update is not None:
@@ -113,11 +133,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise QueryError(f"{args.image}: no such image file")
     if args.text is not None:
         query_text(args.text)
+    device = _device(args)
     if args.queries is not None:
         return _search_batch(args)
     # A backbone package prints to stdout while loading; keep stdout for the results.
     with _quiet_output(args.quiet):
-        searcher = Searcher.from_run(args.run, args.index, args.search_params)
+        searcher = Searcher.from_run(args.run, args.index, args.search_params, device)
         filters = {"under": args.under, "classes": args.classes}
         if args.text is not None:
             hits = searcher.search_text(args.text, args.k, args.modality, **filters)
@@ -199,7 +220,7 @@ def _search_batch(args: argparse.Namespace, batch_size: int = 64) -> int:
     lines = _query_lines(_open_queries(args.queries), args.queries)
     failed = total = 0
     with _quiet_output(args.quiet):
-        searcher = Searcher.from_run(args.run, args.index, args.search_params)
+        searcher = Searcher.from_run(args.run, args.index, args.search_params, _device(args))
         searcher.check_filter(args.under, args.classes)
     while chunk := list(itertools.islice(lines, batch_size)):
         good, records = [], []
@@ -237,8 +258,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     limits = _serve_config(args)
+    device = _device(args)
     serve(
         args.run,
+        device=device,
         host=args.host,
         port=args.port,
         index=args.index,
@@ -270,6 +293,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="index folder (default RUN/index)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file with an [index] section")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device_flag(p, "embeds the catalogue")
     add_config_flags(p, IndexConfig, prefix=INDEX, title="index")
     p.set_defaults(func=cmd_index)
 
@@ -313,6 +337,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quiet", action="store_true", help="nothing on stderr but errors (no loading notes)"
     )
+    _add_device_flag(p, "embeds the queries")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="a search page and JSON API over RUN's index")
@@ -322,6 +347,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", default=None, help="index folder (default RUN/index)")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file with a [serve] section")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
+    _add_device_flag(p, "embeds the queries")
     add_config_flags(p, ServeConfig, prefix=SERVE, title="limits of one request")
     p.set_defaults(func=cmd_serve)
 

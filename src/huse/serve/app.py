@@ -849,15 +849,17 @@ def serve(
     index: str | Path | None = None,
     limits: ServeConfig | None = None,
     log_level: str = "info",
+    device: str | None = None,
 ) -> None:
-    """Load the run's model and index once, then serve the page and API with uvicorn."""
+    """Load the run's model and index once, then serve the page and API with uvicorn;
+    queries are embedded on ``device`` (None: a CUDA GPU when present)."""
     import uvicorn
 
     from huse.runs import find_index
 
     limits = limits or ServeConfig()
     index_path = find_index(index if index is not None else run)
-    searcher = Searcher.from_run(run, index)
+    searcher = Searcher.from_run(run, index, device=device)
     searcher.warm_up()
     allowed = list(LOOPBACK_HOSTS) if is_loopback(host) else None
     app = create_app(searcher, limits, allowed_hosts=allowed, index_path=index_path)
