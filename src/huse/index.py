@@ -1234,12 +1234,12 @@ def diff_items(
     # Arrow-backed strings loops in Python (seconds for 100k items). Ids are unique in
     # an index huse wrote (the manifest's are); a repeated one would match its first row.
     def strings(values) -> pa.Array:
-        series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
-        with contextlib.suppress(pa.ArrowException):  # Arrow-backed strings: no copy
-            arr = pa.array(series)
+        with contextlib.suppress(pa.ArrowException, TypeError):
+            # Arrow-backed strings: no copy; Python strings: one pass in C.
+            arr = pa.array(values if isinstance(values, pd.Series) else list(values))
             if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
                 return arr.cast(pa.large_string())
-        return pa.array(series.astype(str)).cast(pa.large_string())
+        return pa.array(pd.Series(list(values)).astype(str).tolist(), type=pa.large_string())
 
     old_ids, ids = strings(old_items["id"]), strings(ids)
     found = pc.index_in(ids, value_set=old_ids)
@@ -1255,7 +1255,10 @@ def diff_items(
         changed = at[~same.to_numpy(zero_copy_only=False)]
     else:  # an index from before content digests: every item re-embedded
         changed = at
-    missing = np.flatnonzero(~pc.is_in(old_ids, value_set=ids).to_numpy(zero_copy_only=False))
+    # An old row no manifest id found is missing (one hash table, built on the old ids).
+    hit = np.zeros(len(old_ids), dtype=bool)
+    hit[rows[at]] = True
+    missing = np.flatnonzero(~hit)
     return fresh, changed, rows[changed], missing
 
 
