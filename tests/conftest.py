@@ -33,6 +33,18 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """FAISS on one OpenMP thread: k-means training with threads spins badly on a busy
+    2-core machine."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 # --- a tiny synthetic FeatureSet: random features whose class means differ, no backbones ---
 
 # 10 classes under 5 parents: siblings share a parent, so the tree has two levels.

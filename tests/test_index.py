@@ -24,14 +24,7 @@ from huse.index import (  # noqa: E402
     resolve_factory,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    # k-means training with OpenMP threads spins badly on a busy 2-core machine.
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -18,12 +18,7 @@ from huse.index import IndexConfig, build_index, load_index  # noqa: E402
 CLASSES = ["a<b", "a<b<x", "a<bc", "a<c", "d", "d<e"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_faiss_thread():
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -236,28 +231,58 @@ def test_saved_updates_append_segments_then_compact(factory, tmp_path):
 
 
 def test_leftovers_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
-    from huse.index import remove_leftovers
+    from huse.index import STAGING_MARKER, remove_leftovers
 
+    marker = json.dumps({"format": "huse-index-staging", "pid": 1})
     ix = tmp_path / "ix"
     ix.mkdir()
-    tmp = tmp_path / ".ix.tmp-abc"
+    tmp = tmp_path / ".ix.tmp-abc"  # a staged folder, marked
     tmp.mkdir()
+    (tmp / STAGING_MARKER).write_text(marker)
     for name in ("index.json", "d1.image.faiss", "d1.items.parquet", "removed.npy"):
         (tmp / name).write_text("x")
-    old = tmp_path / ".ix.old-def" / "index"
+    old = tmp_path / ".ix.old-def" / "index"  # a swapped-out index: its index.json says so
     old.mkdir(parents=True)
     (old / "image.faiss").write_text("x")
+    (old / "index.json").write_text(
+        json.dumps({"format": "huse-index", "files": {"image.faiss": "0"}})
+    )
     mixed = tmp_path / ".ix.tmp-ghi"
     mixed.mkdir()
+    (mixed / STAGING_MARKER).write_text(marker)
     (mixed / "text.faiss").write_text("x")
     (mixed / "notes.txt").write_text("the user's")  # not an index file: kept, and its folder
-    other = tmp_path / ".other.tmp-jkl"  # another index's: not ours to judge
+    unmarked = tmp_path / ".ix.tmp-jkl"  # huse's name, no marker: not huse's, untouched
+    unmarked.mkdir()
+    (unmarked / "text.faiss").write_text("someone else's")
+    other = tmp_path / ".other.tmp-mno"  # another index's: not ours to judge
     other.mkdir()
     (other / "index.json").write_text("x")
     gone = remove_leftovers(ix)
     assert sorted(p.name for p in gone) == [".ix.old-def", ".ix.tmp-abc"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".ix.tmp-ghi", ".other.tmp-jkl", "ix"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".ix.tmp-ghi", ".ix.tmp-jkl", ".other.tmp-mno", "ix"
+    ]  # fmt: skip
     assert sorted(p.name for p in mixed.iterdir()) == ["notes.txt"]
+    assert (unmarked / "text.faiss").read_text() == "someone else's"
+
+
+def test_a_file_at_the_lock_name_that_is_not_huses_is_left_alone(tmp_path):
+    from huse.errors import UnsafeOutputError
+    from huse.index import writer_lock
+
+    ix = tmp_path / "ix"
+    lock = tmp_path / ".ix.lock"
+    lock.write_text("my notes")
+    with pytest.raises(UnsafeOutputError, match="not huse's lock file"), writer_lock(ix):
+        pass
+    assert lock.read_text() == "my notes"
+    lock.unlink()
+    (tmp_path / "target").write_text("kept")
+    lock.symlink_to(tmp_path / "target")
+    with pytest.raises(UnsafeOutputError, match="cannot be opened as huse's lock"), writer_lock(ix):
+        pass
+    assert (tmp_path / "target").read_text() == "kept" and lock.is_symlink()
 
 
 def test_the_writer_lock_is_reentrant_and_released(tmp_path):

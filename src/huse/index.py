@@ -523,26 +523,20 @@ class CatalogueIndex:
     def _save(self, path: Path) -> Path:
         faiss = _faiss()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-        try:
+        with _staging(path) as tmp:
             self.items.to_parquet(tmp / "items.parquet", index=False)
             for m, ix in self.indexes.items():
                 faiss.write_index(ix, str(tmp / f"{m}.faiss"))
             # index.json last: its presence marks a complete folder, and it holds the
             # SHA-256 of every other file, so a damaged one is caught on load and a
             # folder holding anything else is never taken for huse's own.
-            files = {f.name: _file_sha256(f) for f in sorted(tmp.iterdir())}
+            files = {
+                f.name: _file_sha256(f) for f in sorted(tmp.iterdir()) if f.name != STAGING_MARKER
+            }
             info = {k: v for k, v in self.info.items() if k not in ("segments", "removed")}
             info |= {"format": FORMAT, "version": FORMAT_VERSION, "files": files}
             (tmp / "index.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-            for f in tmp.iterdir():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-            os.chmod(tmp, 0o755)
-            _swap_in(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            _publish(tmp, path)
         return path
 
     @classmethod
@@ -974,7 +968,10 @@ def check_output_dir(path: str | Path) -> None:
 _INDEX_FILE = re.compile(
     r"(index\.json|removed\.npy|(d\d+\.)?(image\.faiss|text\.faiss|items\.parquet))"
 )
-_HELD: dict[Path, int] = {}  # index folders this process holds the writer lock of
+_HELD: dict[Path, int] = {}
+_LOCK = {
+    "format": "huse-index-lock"
+}  # the marker of huse's lock records  # index folders this process holds the writer lock of
 
 
 def _lock_file(path: Path) -> Path:
@@ -1010,7 +1007,12 @@ def writer_lock(path: str | Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock_file(path)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: the lock is a file huse makes beside the index
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            raise UnsafeOutputError(
+                f"{lock} cannot be opened as huse's lock file ({e.strerror}); move it away"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1029,8 +1031,15 @@ def writer_lock(path: str | Path) -> Iterator[None]:
         if same:
             break
         os.close(fd)
+    # Empty (just created, or its writer killed before writing) or huse's own record:
+    # anything else at that name is a user's file, never truncated or removed.
+    if os.fstat(fd).st_size and not _read_lock_record(fd):
+        os.close(fd)
+        raise UnsafeOutputError(
+            f"{lock} exists and is not huse's lock file; move it away, then run this again"
+        )
     try:
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+        record = json.dumps({**_LOCK, "pid": os.getpid(), "host": socket.gethostname(),
                              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})  # fmt: skip
         os.ftruncate(fd, 0)
         os.write(fd, record.encode())
@@ -1045,33 +1054,100 @@ def writer_lock(path: str | Path) -> Iterator[None]:
 
 
 def _read_lock_record(fd: int) -> str:
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+    """`` (pid N on HOST, since T)`` from huse's lock record in ``fd``; "" if it holds none."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
         info = json.loads(os.pread(fd, 4096, 0).decode())
-        return f" (pid {int(info['pid'])} on {info['host']}, since {info['since']})"
+        if all(info.get(k) == v for k, v in _LOCK.items()):
+            return f" (pid {int(info['pid'])} on {info['host']}, since {info['since']})"
     return ""
+
+
+# Written first into every folder a build or update stages, removed just before the
+# swap: what marks a temporary folder as huse's, whatever its name.
+STAGING_MARKER = ".huse-staging"
+_STAGING = {"format": "huse-index-staging"}
+
+
+def _is_huse_record(file: Path, fields: dict) -> bool:
+    """``file`` is a plain file holding a JSON object with these fields (huse's marker)."""
+    try:
+        if file.is_symlink() or not file.is_file() or file.stat().st_size > 4096:
+            return False
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(data.get(k) == v for k, v in fields.items())
+
+
+@contextlib.contextmanager
+def _staging(path: Path) -> Iterator[Path]:
+    """A new folder beside ``path`` to write the next version of the index into, marked
+    as huse's (``STAGING_MARKER``); ``_publish`` swaps it in. Removed if the block fails."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    try:
+        (tmp / STAGING_MARKER).write_text(json.dumps(_STAGING | {"pid": os.getpid()}))
+        yield tmp
+    finally:
+        if tmp.exists():  # made by mkdtemp above, in this process: ours to remove
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, path: Path, synced: set[str] = frozenset()) -> None:
+    """Sync the staged files (but ``synced``), unmark the folder and swap it in."""
+    (tmp / STAGING_MARKER).unlink()
+    for f in tmp.iterdir():
+        if f.name not in synced:
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    os.chmod(tmp, 0o755)
+    _swap_in(tmp, path)
+
+
+def _leftover_is_ours(d: Path, old: bool) -> bool:
+    """A ``.tmp-`` folder marked by ``_staging`` (or already a complete huse index:
+    killed between unmarking and the swap), or an ``.old-`` folder holding a huse index.
+    Empty ones too: only ``rmdir`` touches them."""
+    if old:
+        inner = d / "index"
+        if not any(d.iterdir()):
+            return True
+        entries = list(d.iterdir())
+        return (
+            entries == [inner]
+            and inner.is_dir()
+            and not inner.is_symlink()
+            and (_not_owned_because(inner) is None)
+        )
+    if _is_huse_record(d / STAGING_MARKER, _STAGING):
+        return True
+    return _not_owned_because(d) is None
 
 
 def remove_leftovers(path: str | Path) -> list[Path]:
     """Remove the ``.NAME.tmp-*`` and ``.NAME.old-*`` folders that a killed build or
     update left beside the index folder ``path``; returns those removed.
 
-    Call only with the writer lock held. Only index files (``_INDEX_FILE`` names, plain
-    files) are deleted, then the emptied folders; a folder holding anything else stays.
+    Call only with the writer lock held. A folder is touched only when its marker says
+    huse wrote it (``_leftover_is_ours``); then only its index files (``_INDEX_FILE``
+    names, plain files) and the marker are deleted, and the emptied folders removed: a
+    folder holding anything else stays.
     """
     path = Path(path)
-    gone = []
+    gone: list[Path] = []
     if not path.parent.is_dir():
         return gone
     for d in sorted(path.parent.iterdir()):
-        if not (d.name.startswith((f".{path.name}.tmp-", f".{path.name}.old-"))):
-            continue
-        if d.is_symlink() or not d.is_dir():
+        old = d.name.startswith(f".{path.name}.old-")
+        if not (old or d.name.startswith(f".{path.name}.tmp-")):
             continue
         with contextlib.suppress(OSError):
+            if d.is_symlink() or not d.is_dir() or not _leftover_is_ours(d, old):
+                continue
             for folder in (d / "index", d):
                 if folder.is_dir() and not folder.is_symlink():
                     for f in folder.iterdir():
-                        if _INDEX_FILE.fullmatch(f.name) and f.is_file() and not f.is_symlink():
+                        ours = _INDEX_FILE.fullmatch(f.name) or f.name == STAGING_MARKER
+                        if ours and f.is_file() and not f.is_symlink():
                             f.unlink()
                     folder.rmdir()
             gone.append(d)
@@ -1355,8 +1431,7 @@ def _update_folder(path, remove, items, vectors, config, info, current):
     slots = np.arange(total, total + len(items), dtype=np.int64)
     warnings_: list[str] = []
     check_output_dir(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with _staging(path) as tmp:
         new_files = {}
         linked = set()
         for name, sha in files.items():
@@ -1386,7 +1461,7 @@ def _update_folder(path, remove, items, vectors, config, info, current):
         # Only the new segment's items: the others' files are linked.
         items[cols].reset_index(drop=True).to_parquet(tmp / f"{prefix}items.parquet", index=False)
         for f in sorted(tmp.iterdir()):
-            if f.name not in new_files:
+            if f.name not in new_files and f.name != STAGING_MARKER:
                 new_files[f.name] = _file_sha256(f)
         meta = {k: v for k, v in old_info.items() if k != "files"} | (info or {})
         meta |= {
@@ -1399,15 +1474,7 @@ def _update_folder(path, remove, items, vectors, config, info, current):
             "files": new_files,
         }
         (tmp / "index.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        for f in tmp.iterdir():
-            if f.name not in linked:  # the linked files were synced when first written
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)
-        _swap_in(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, path, synced=linked)  # the linked files were synced when first written
     return CatalogueIndex({}, new_items, meta), warnings_
 
 

@@ -710,9 +710,7 @@ def index_run(
     with writer_lock(target):
         if update and (target / "index.json").exists():
             return update_index(model, model_dir, target, manifest, data_config, config, progress)
-        index, target = _build_full(
-            model, model_dir, target, manifest, data_config, config, progress
-        )
+        index = _build_full(model, model_dir, manifest, data_config, config, progress)
         if update:
             n = len(index)
             index.info["update"] = {"added": n, "changed": 0, "removed": 0, "unchanged": 0}
@@ -726,12 +724,11 @@ def index_run(
 def _build_full(
     model: HUSEModel,
     model_dir: Path,
-    target: Path,
     manifest: str | Path,
     data_config: DataConfig | None,
     config: IndexConfig,
     progress: bool,
-) -> tuple[CatalogueIndex, Path]:
+) -> CatalogueIndex:
     """Embed every item of ``manifest`` and build the index (not written)."""
     t0 = time.perf_counter()
     items, vectors, skipped = embed_catalogue(model, manifest, data_config, progress=progress)
@@ -747,7 +744,7 @@ def _build_full(
         "skipped": int(len(skipped)),
         "seconds_embed": round(seconds_embed, 3),
     }
-    return build_index(vectors, items, config, info), target
+    return build_index(vectors, items, config, info)
 
 
 def update_index(
@@ -811,7 +808,7 @@ def update_index(
         requested = old_info.get("requested", config.factory)
         if config.factory == IndexConfig().factory:
             config = replace(config, factory=requested)
-        built, _ = _build_full(model, model_dir, target, manifest, data_config, config, progress)
+        built = _build_full(model, model_dir, manifest, data_config, config, progress)
         new_items = built.items
     added_ids = set(new_items["id"].astype(str))
     counts = {
