@@ -177,6 +177,8 @@ VARIANTS: dict[str, dict] = {
         "instance_same_class_weight": 1.0,
         "instance_weight": 0.3,
     },
+    "instance towers stop with the class towers": {"instance_stopping": False},
+    "class towers stop on cross R@1": {"monitor": "cross_R@1"},
     "xmodal δ=1 + cosine s=32 + hier τ=0.05": {
         "delta": 1.0,
         "cosine_classifier": True,
@@ -278,6 +280,7 @@ def main() -> None:
                 **s,
                 "epochs": res.epochs_run,
                 "best_epoch": res.best_epoch,
+                "instance_best_epoch": res.instance_best_epoch,
                 "stopped": res.stopped,
                 "seconds": res.seconds,
                 "graph_active": res.graph_active,
@@ -306,7 +309,9 @@ def main() -> None:
                 f"HP@5 {s['mean_HP@5']:.3f}  "
                 f"fusion {s['fusion'] or 0:.3f}  pairs<ζ {row['pairs_under_margin']:.2f}  "
                 f"active {row['graph_active'] if row['graph_active'] is None else round(row['graph_active'], 3)}  "
-                f"{res.epochs_run} ep ({res.stopped}, best {res.best_epoch})  {row['seconds']:.0f}s"
+                f"{res.epochs_run} ep ({res.stopped}, best {res.best_epoch}"
+                + (f", instance {res.instance_best_epoch}" if res.instance_best_epoch else "")
+                + f")  {row['seconds']:.0f}s"
                 + "".join(f"  posterior R@1 T={t:g} {v:.3f}" for t, v in posterior.items()),
                 flush=True,
             )

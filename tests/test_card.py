@@ -222,6 +222,11 @@ def test_training_shows_epochs_run_best_and_cap_and_only_the_settings_used():
     train = section(text, "Training")
     assert "Ran 23 epochs of a cap of 200 (stopped by early_stopping)" in train
     assert "the best epoch, 8 by the validation score" in train
+    assert "instance towers" not in train  # they kept the class towers' epoch
+    m = metrics_dict()
+    m["training"]["instance_best_epoch"] = 17
+    own = section(card(m), "Training")
+    assert "were kept (the instance towers' from epoch 17, their own best)." in own
     assert "| epochs (cap) | 200 |" in train and "| epochs |" not in train
     assert "momentum" not in train  # AdamW has none
     # Graph-margin share 1.0 (the default margin): nothing to say.

@@ -366,3 +366,33 @@ def test_evaluate_net_on_the_class_part_alone(make_feature_set):
     assert part["instance"] == instance and part["graded"] == graded
     assert part["classification"] == whole["classification"]  # the classifier reads c anyway
     assert part["retrieval"] != whole["retrieval"]
+    # The instance part alone: its own recall, brute force over the last 6 dims.
+    from huse.evaluate import instance_part_recall
+
+    q_img, q_txt = (x[:, 10:] / np.linalg.norm(x[:, 10:], axis=1, keepdims=True) for x in out[:2])
+    sim = q_img @ q_txt.T
+    n = len(idx)
+    rank = [(s_ > np.diag(s_)[:, None]).sum(1) for s_ in (sim, sim.T)]  # 0-based, own pair
+    brute = np.mean([np.mean(r_ < k) for r_ in rank for k in (1, 5, 10)])
+    assert instance_part_recall(net, out) == pytest.approx(float(brute))
+    xr1 = np.mean(
+        [np.mean(sim.argmax(1) == np.arange(n)), np.mean(sim.T.argmax(1) == np.arange(n))]
+    )
+    assert instance_part_recall(net, out, ks=(1,)) == pytest.approx(float(xr1))
+    # By hand: the instance parts of 3 items. Image 2 is nearer text 1 (0.8) than its own
+    # (0.6), every text is nearest its own image: i2t R@1 2/3, t2i R@1 1, all R@2 1. The
+    # class part and the scales do not matter: the part is renormalised.
+    q_i = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0.8, 0.6, 0, 0, 0]])
+    q_t = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]])
+    junk = np.random.default_rng(0).normal(size=(3, 10))
+    hand = out._replace(
+        image_embedding=np.hstack([junk, 3 * q_i]).astype(np.float32),
+        text_embedding=np.hstack([junk, 0.5 * q_t]).astype(np.float32),
+    )
+    assert instance_part_recall(net, hand, ks=(1,)) == pytest.approx((2 / 3 + 1) / 2)
+    assert instance_part_recall(net, hand, ks=(1, 2)) == pytest.approx((2 / 3 + 1 + 1 + 1) / 4)
+    assert instance_part_recall(net, hand, ks=(1, 2), chunk_size=1) == pytest.approx(
+        (2 / 3 + 1 + 1 + 1) / 4
+    )
+    again = evaluate_net(net, fs, "test", class_part=True, embedded=out)
+    assert again == part  # a given embedding is used as is

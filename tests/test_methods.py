@@ -113,6 +113,7 @@ def test_baselines_refuse_the_instance_term():
     with pytest.raises(ConfigError, match="does not use instance_weight"):
         resolve_config("shared", instance_weight=1.0)
     assert resolve_config("shared", monitor="mean_nDCG@10").monitor == "mean_nDCG@10"
+    assert resolve_config("huse", monitor="cross_R@1").monitor == "cross_R@1"
 
 
 def test_the_instance_subspace_of_each_method_and_preset():

@@ -257,6 +257,78 @@ def test_early_stopping_keeps_the_best_epoch_and_waits_out_patience():
     assert again.state_dict() == stop.state_dict()
 
 
+def test_part_stopping_keeps_each_tower_pair_from_its_own_best_epoch():
+    from huse.train import PartStopping
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.image_tower = torch.nn.Linear(2, 1)
+            self.image_instance_tower = torch.nn.Linear(2, 1)
+
+    net = Net()
+    stop = PartStopping(patience=2, min_epochs=1, module=net, instance=True)
+    cls_scores = [0.1, 0.5, 0.4, 0.3, 0.9, 0.9]  # stops at 4; epoch 5's 0.9 comes too late
+    inst_scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.4, 0.3]  # best at 5, stops at 7
+    stopped_at = None
+    with torch.no_grad():
+        for epoch in range(1, 8):
+            for p in net.parameters():
+                p.fill_(epoch)
+            row = {"val_instance_score": inst_scores[epoch - 1]}
+            stop.step(epoch, row, cls_scores[min(epoch, 6) - 1], net)
+            if stop.should_stop(epoch):
+                stopped_at = epoch
+                break
+    assert stopped_at == 7
+    assert stop.best_epoch == 2 and stop.instance_best_epoch == 5
+    best = stop.best_state()
+    assert torch.equal(best["image_tower.weight"], torch.full((1, 2), 2.0))
+    assert torch.equal(best["image_instance_tower.weight"], torch.full((1, 2), 5.0))
+    assert set(stop.inst.best_state) == {"image_instance_tower.weight", "image_instance_tower.bias"}
+    assert stop.cls.best_score == 0.5  # a stopped part is no longer scored
+    again = PartStopping(patience=2, min_epochs=1, module=net, instance=True)
+    again.load_state_dict(stop.state_dict())
+    assert again.instance_best_epoch == 5 and again.should_stop(7)
+    plain = PartStopping(patience=2, min_epochs=1, module=net, instance=False)
+    for epoch, score in enumerate([0.1, 0.5, 0.4, 0.3], start=1):
+        plain.step(epoch, {"val_instance_score": 1.0}, score, net)
+    assert plain.should_stop(4) and plain.instance_best_epoch is None
+    assert plain.state_dict()["instance_stopper"] is None
+
+
+def test_instance_towers_stop_on_their_own_validation_score(make_feature_set, graph, class_emb):
+    easy = make_feature_set(spread=6.0, noise=0.3)
+    r = train(easy, cfg("huse", epochs=40, patience=3), graph, class_emb, progress=False)
+    assert r.stopped == "early_stopping" and r.instance_best_epoch is not None
+    cls_scores = [row["val_score"] for row in r.history]
+    inst = [row["val_instance_score"] for row in r.history]
+
+    def best_and_stop(scores, patience=3):  # the rule by hand: first best, then patience
+        best = 0
+        for e in range(len(scores)):
+            if scores[e] > scores[best] + 1e-6:
+                best = e
+            if e - best >= patience:
+                return best + 1, e + 1
+        return best + 1, None
+
+    # Each part keeps its own best epoch and stops on its own; the run ends with the later.
+    (cls_best, cls_stop), (inst_best, inst_stop) = best_and_stop(cls_scores), best_and_stop(inst)
+    assert (r.best_epoch, r.instance_best_epoch) == (cls_best, inst_best)
+    assert r.epochs_run == max(cls_stop, inst_stop)
+    assert r.best_epoch != r.instance_best_epoch  # so the kept weights come from two epochs
+    from huse.evaluate import embed, instance_part_recall
+
+    out = embed(r.net, easy, easy.split_indices("val"))
+    kept = instance_part_recall(r.net, out, ks=(1,))
+    assert kept == pytest.approx(inst[r.instance_best_epoch - 1])
+    off = train(easy, cfg("huse", epochs=40, patience=3, instance_stopping=False), graph,
+                class_emb, progress=False)  # fmt: skip
+    assert off.instance_best_epoch is None and "val_instance_score" not in off.history[0]
+    assert off.epochs_run == off.best_epoch + 3
+
+
 def test_weight_average_without_decay_is_the_net_itself():
     from huse.train import WeightAverage
 

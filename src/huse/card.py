@@ -47,6 +47,12 @@ NDCG_GAINS = (
 )
 
 
+def _instance_epoch(t: dict) -> str:
+    """The training sentence's clause for instance towers that stopped on their own."""
+    own = t.get("instance_best_epoch")
+    return f" (the instance towers' from epoch {own}, their own best)" if own else ""
+
+
 def _f(x) -> str:
     return "—" if x is None else f"{x:.3f}"
 
@@ -364,7 +370,7 @@ def model_card(
     epochs = (
         f"Ran {t.get('epochs_run')} epochs of a cap of {train_config.get('epochs')} "
         f"(stopped by {stop}); the weights of the best epoch, {t.get('best_epoch')} by the "
-        f"validation score, were kept. {t.get('seconds') or 0:.0f} s in all."
+        f"validation score, were kept{_instance_epoch(t)}. {t.get('seconds') or 0:.0f} s in all."
         if t
         else f"Epoch cap {train_config.get('epochs')}."
     )

@@ -37,7 +37,7 @@ TextPooling = Literal["last4", "mean", "cls", "model"]
 IMAGE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
 TEXT_BACKBONES = ("minilm-l6",)
 Backend = Literal["auto", "torch", "onnx"]
-Monitor = Literal["mean_R@1", "mean_nDCG@10", "instance_xR@1", "mean_HP@5"]
+Monitor = Literal["mean_R@1", "cross_R@1", "mean_nDCG@10", "instance_xR@1", "mean_HP@5"]
 
 
 def _positive(obj: object, *names: str, strict: bool = True) -> list[str]:
@@ -256,6 +256,12 @@ class TrainConfig:
     min_epochs: int = setting(5, "never stop early before this many epochs", group=_OPT)
     monitor: Monitor = setting(
         "mean_R@1", "validation figure that early stopping follows (huse.evaluate.summary_scores)",
+        group=_OPT,
+    )  # fmt: skip
+    instance_stopping: bool = setting(
+        True, "with instance towers, the instance towers keep the epoch of their own best "
+        "validation xR@1 (instance part alone) and training goes on until both parts have "
+        "stopped; off: they keep the class towers' epoch",
         group=_OPT,
     )  # fmt: skip
     ema_decay: float = setting(

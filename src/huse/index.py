@@ -1283,6 +1283,18 @@ def load_items(path: str | Path, columns: list[str] | None = None) -> tuple[pd.D
     return items, info
 
 
+def _like(part: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """``part``'s columns cast to ``table``'s dtypes where that works: concatenating
+    Arrow-backed columns with other string columns converts every row to Python objects
+    (tens of ms for 100k rows), the few new rows cast first cost nothing."""
+    out = part.copy()
+    for c in part.columns:
+        if c in table.columns and part[c].dtype != table[c].dtype:
+            with contextlib.suppress(TypeError, ValueError, ArithmeticError):
+                out[c] = part[c].astype(table[c].dtype)
+    return out
+
+
 def _appendable(factory: str) -> bool:
     """Whether an update can append a segment to this type (Flat, plain IVF)."""
     if factory == "Flat":
@@ -1310,12 +1322,17 @@ def diff_items(
     # Arrow-backed strings loops in Python (seconds for 100k items). Ids are unique in
     # an index huse wrote (the manifest's are); a repeated one would match its first row.
     def strings(values) -> pa.Array:
+        arr = None
         with contextlib.suppress(pa.ArrowException, TypeError):
             # Arrow-backed strings: no copy; Python strings: one pass in C.
             arr = pa.array(values if isinstance(values, pd.Series) else list(values))
-            if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-                return arr.cast(pa.large_string())
-        return pa.array(pd.Series(list(values)).astype(str).tolist(), type=pa.large_string())
+        if arr is None or not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            arr = pa.array(pd.Series(list(values)).astype(str).tolist(), type=pa.large_string())
+        # 32-bit offsets hash and compare in about half the time of 64-bit ones; a column
+        # over 2 GiB keeps them.
+        with contextlib.suppress(pa.ArrowException):
+            return arr.cast(pa.string())
+        return arr.cast(pa.large_string())
 
     old_ids, ids = strings(old_items["id"]), strings(ids)
     found = pc.index_in(ids, value_set=old_ids)
@@ -1422,10 +1439,8 @@ def _update_folder(path, remove, items, vectors, config, info, current):
     if len(items) == 0:  # removals only: an empty segment of the stored columns and types
         items = schema.empty_table().to_pandas()
     cols = [c for c in schema.names if c in items.columns]
-    new_items = pd.concat(
-        [old_items[keep], items[[c for c in old_items.columns if c in items.columns]]],
-        ignore_index=True,
-    )
+    shared = items[[c for c in old_items.columns if c in items.columns]]
+    new_items = pd.concat([old_items[keep], _like(shared, old_items)], ignore_index=True)
     number = int(old_info.get("next_segment", 1))
     prefix = f"d{number}."
     slots = np.arange(total, total + len(items), dtype=np.int64)

@@ -192,6 +192,7 @@ HUSE_USES = {
     "delta", "xmodal_temperature", "hier_smoothing", "label_smoothing",
     "instance_weight", "instance_temperature", "instance_margin", "instance_same_class_weight",
     "instance_other_class_weight", "instance_dims", "instance_share", "instance_towers",
+    "instance_stopping",
 }  # fmt: skip
 
 

@@ -254,6 +254,15 @@ class HUSENet(nn.Module):
     def _unit(self, z: torch.Tensor) -> torch.Tensor:
         return join_embedding(z, self.cfg.instance_dims, self.cfg.instance_share)
 
+    # The modules that make the instance part when it has its own towers: their weights
+    # can be kept from another epoch than the rest (huse.train's per-part early stopping).
+    INSTANCE_MODULES = ("image_instance_tower", "text_instance_tower")
+
+    @classmethod
+    def is_instance_weight(cls, key: str) -> bool:
+        """Whether a ``state_dict`` key belongs to the instance towers."""
+        return key.split(".", 1)[0] in cls.INSTANCE_MODULES
+
     def class_part(self, u: torch.Tensor) -> torch.Tensor:
         """The unit class part of embeddings ``u`` (``u`` itself without an instance
         subspace): what the classifier and the class-level losses read."""

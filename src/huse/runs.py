@@ -488,6 +488,7 @@ def _fit_metrics(fs: FeatureSet, cfg: TrainConfig, result: TrainResult, graph: n
     m["training"] = {
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
+        "instance_best_epoch": result.instance_best_epoch,
         "stopped": result.stopped,
         "seconds": result.seconds,
         "graph_active": result.graph_active,

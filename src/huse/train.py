@@ -15,7 +15,7 @@ import io
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +40,7 @@ from huse.checkpoint import (  # noqa: F401  (re-exported: the names callers kno
     state_digest,
 )
 from huse.errors import DataError
-from huse.evaluate import evaluate_net, summary_scores
+from huse.evaluate import embed, evaluate_net, instance_part_recall, summary_scores
 from huse.methods import TrainConfig, get_method
 from huse.model import HUSENet, ModelConfig, ModelOutput
 
@@ -56,6 +56,8 @@ class TrainResult:
     net: HUSENet
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
+    # The instance towers' own best epoch when they stop apart (None: they keep best_epoch).
+    instance_best_epoch: int | None = None
     epochs_run: int = 0
     stopped: str = ""
     seconds: float = 0.0
@@ -199,16 +201,29 @@ class EarlyStopping:
     """The best epoch so far and its weights; stop after ``patience`` epochs without a
     better score, never before ``min_epochs``."""
 
-    def __init__(self, patience: int, min_epochs: int, module: nn.Module) -> None:
+    def __init__(
+        self,
+        patience: int,
+        min_epochs: int,
+        module: nn.Module,
+        keep: Callable[[str], bool] | None = None,
+    ) -> None:
         self.patience, self.min_epochs = patience, min_epochs
+        self.keep = keep  # which state_dict keys to keep (None: all)
         self.best_score, self.best_epoch, self.bad = -np.inf, 0, 0
-        self.best_state = copy.deepcopy(module.state_dict())
+        self.best_state = self._snapshot(module)
+
+    def _snapshot(self, module: nn.Module) -> dict:
+        state = module.state_dict()
+        return copy.deepcopy(
+            state if self.keep is None else {k: v for k, v in state.items() if self.keep(k)}
+        )
 
     def step(self, epoch: int, score: float, module: nn.Module) -> None:
         """Record epoch ``epoch``'s (1-based) score; keep ``module``'s weights if it is best."""
         if score > self.best_score + 1e-6:
             self.best_score, self.best_epoch, self.bad = score, epoch, 0
-            self.best_state = copy.deepcopy(module.state_dict())
+            self.best_state = self._snapshot(module)
         else:
             self.bad += 1
 
@@ -357,19 +372,25 @@ def _loss(
     return loss_fn(out.image_embedding, out.text_embedding, li, lt, y)
 
 
-def _validate(module: nn.Module, fs: FeatureSet, monitor: str = "mean_R@1") -> dict:
+def _validate(
+    module: nn.Module, fs: FeatureSet, monitor: str = "mean_R@1", parts: bool = False
+) -> dict:
     """The validation columns of a log row; ``val_score`` is what early stopping reads
-    (the summary figure named by ``monitor``)."""
-    vm = evaluate_net(module, fs, "val")
+    (the summary figure named by ``monitor``).
+
+    With instance towers the class towers and the instance towers learn apart: the class
+    part alone gives ``val_score``, and with ``parts`` the instance part alone gives
+    ``val_instance_score``, which the instance towers stop on: its instance xR@1."""
+    embedded = embed(module, fs, fs.split_indices("val"))
+    vm = evaluate_net(module, fs, "val", embedded=embedded)
     sc = summary_scores(vm)
-    # With instance towers the class towers and the instance towers learn apart; the
-    # class part's figure decides (the instance towers are kept from the same epoch).
-    if getattr(module, "cfg", None) is not None and module.cfg.instance_towers:
-        part = summary_scores(evaluate_net(module, fs, "val", class_part=True))
+    towers = getattr(module, "cfg", None) is not None and module.cfg.instance_towers
+    if towers:
+        part = summary_scores(evaluate_net(module, fs, "val", class_part=True, embedded=embedded))
         score = part[monitor] if monitor != "instance_xR@1" else sc[monitor]
     else:
         score = sc[monitor]
-    return {
+    row = {
         "val_acc_image": vm["classification"]["image"],
         "val_acc_text": vm["classification"]["text"],
         "val_acc_fusion": vm["classification"]["fusion"],
@@ -380,6 +401,68 @@ def _validate(module: nn.Module, fs: FeatureSet, monitor: str = "mean_R@1") -> d
         # A split too small for the figure scores 0: early stopping then keeps the first.
         "val_score": score if score is not None else 0.0,
     }
+    if towers and parts:
+        inst = instance_part_recall(module, embedded, ks=INSTANCE_STOP_KS)
+        row["val_instance_score"] = inst if inst is not None else 0.0
+    return row
+
+
+# The instance towers stop on the xR@1 of their part; the mean of R@1, R@5 and R@10
+# (VSE++'s "rsum") was measured worse on the validation split (benchmarks/RESULTS.md).
+INSTANCE_STOP_KS = (1,)
+
+
+class PartStopping:
+    """Early stopping for a net whose instance part has its own towers: the class towers
+    (and the classifier) keep the epoch of the best class-part score, the instance towers
+    that of the best instance-part recall, each with its own patience; training ends when
+    both have stopped. A part that has stopped is no longer scored, so its epoch is final.
+
+    Without ``instance`` it is plain ``EarlyStopping`` on the class score.
+    """
+
+    def __init__(self, patience: int, min_epochs: int, module: nn.Module, instance: bool):
+        self.cls = EarlyStopping(patience, min_epochs, module)
+        # The instance stopper keeps the instance towers' weights only.
+        keep = HUSENet.is_instance_weight
+        self.inst = EarlyStopping(patience, min_epochs, module, keep) if instance else None
+
+    def step(self, epoch: int, row: dict, score: float, module: nn.Module) -> None:
+        if not self.cls.should_stop(epoch - 1) or self.inst is None:
+            self.cls.step(epoch, score, module)
+        if self.inst is not None and not self.inst.should_stop(epoch - 1):
+            self.inst.step(epoch, row.get("val_instance_score", score), module)
+
+    def should_stop(self, epochs_done: int) -> bool:
+        return self.cls.should_stop(epochs_done) and (
+            self.inst is None or self.inst.should_stop(epochs_done)
+        )
+
+    @property
+    def best_epoch(self) -> int:
+        return self.cls.best_epoch
+
+    @property
+    def instance_best_epoch(self) -> int | None:
+        return self.inst.best_epoch if self.inst is not None else None
+
+    def best_state(self) -> dict:
+        """The class towers' best weights with the instance towers' best beside them."""
+        state = dict(self.cls.best_state)
+        if self.inst is not None:
+            state |= self.inst.best_state
+        return state
+
+    def state_dict(self) -> dict:
+        return {
+            **self.cls.state_dict(),
+            "instance_stopper": self.inst.state_dict() if self.inst is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cls.load_state_dict(state)
+        if self.inst is not None and state.get("instance_stopper") is not None:
+            self.inst.load_state_dict(state["instance_stopper"])
 
 
 def _checkpoint(
@@ -388,7 +471,7 @@ def _checkpoint(
     net: HUSENet,
     loss_fn: nn.Module,
     opt: torch.optim.Optimizer,
-    stopper: EarlyStopping,
+    stopper: PartStopping,
     ema: WeightAverage,
     cfg: TrainConfig,
     device: torch.device,
@@ -406,6 +489,7 @@ def _checkpoint(
         "bad": best["bad"],
         "history": history,
         "best_state": best["best_state"],
+        "instance_stopper": best["instance_stopper"],
         "ema": ema.state_dict(),
         "rng": torch.get_rng_state(),
         # Dropout on a GPU draws from the device's generator, not the CPU one.
@@ -420,7 +504,7 @@ def _restore(
     net: HUSENet,
     loss_fn: nn.Module,
     opt: torch.optim.Optimizer,
-    stopper: EarlyStopping,
+    stopper: PartStopping,
     ema: WeightAverage,
     device: torch.device,
 ) -> tuple[int, list[dict]]:
@@ -479,7 +563,9 @@ def train(
     ema = WeightAverage(net, cfg.ema_decay)
     model = _wrap_ddp(net, world)
     has_val = len(fs.split_indices("val")) >= MIN_VAL_ITEMS
-    stopper = EarlyStopping(cfg.patience, cfg.min_epochs, net)
+    # The instance towers stop on their own only where validation can score them.
+    own_stop = cfg.instance_stopping and net.cfg.instance_towers and has_val
+    stopper = PartStopping(cfg.patience, cfg.min_epochs, net, instance=own_stop)
 
     out = Path(out) if out is not None else None
     ckpt = out / "checkpoints" / "last.pt" if out is not None else None
@@ -520,14 +606,18 @@ def train(
             bar.set_postfix(meter.shown(), refresh=False)
         row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in meter.means().items()}}
         if has_val and rank == 0:
-            row.update(_validate(ema.module, fs, cfg.monitor))
+            row.update(_validate(ema.module, fs, cfg.monitor, parts=own_stop))
             score = row["val_score"]
         else:
             score = -row.get("train_total", 0.0)
         row["seconds"] = time.perf_counter() - t0
         history.append(row)
-        stopper.step(epoch + 1, score, ema.module)
-        bar.set_postfix({**meter.shown(), "val": f"{score:.3f}", "best": stopper.best_epoch})
+        stopper.step(epoch + 1, row, score, ema.module)
+        shown = {**meter.shown(), "val": f"{score:.3f}", "best": stopper.best_epoch}
+        if "val_instance_score" in row:  # the instance towers' own score and best epoch
+            shown |= {"val_inst": f"{row['val_instance_score']:.3f}",
+                      "best_inst": stopper.instance_best_epoch}  # fmt: skip
+        bar.set_postfix(shown)
         if rank == 0 and out is not None:
             log.write(history)
             state = _checkpoint(
@@ -539,13 +629,14 @@ def train(
             break
     bar.close()
     log.close()
-    net.load_state_dict(stopper.best_state)
+    net.load_state_dict(stopper.best_state())
     net.eval()
     active = _graph_active(net, fs, tr, loss_fn, cfg.batch_size)
     return TrainResult(
         net=net,
         history=history,
         best_epoch=stopper.best_epoch,
+        instance_best_epoch=stopper.instance_best_epoch,
         epochs_run=len(history),
         stopped=stopped,
         seconds=time.perf_counter() - t_start,

@@ -70,6 +70,10 @@ def test_training_section_says_why_the_margin_panel_is_missing(tmp_path):
     body = report_html._training_section(rd, {})
     assert "4 epochs of a cap of 50, stopped by early_stopping, best epoch 3" in body
     assert "graph margin (1.000), so it is not drawn" in body
+    assert "instance towers" not in body
+    rd.metrics["training"]["instance_best_epoch"] = 4
+    own = report_html._training_section(rd, {})
+    assert "evaluated; the instance towers' own best epoch was 4)" in own
     rd.log = _log([1.0, 0.9, 0.9, 0.8])
     assert "not drawn" not in report_html._training_section(rd, {})
 

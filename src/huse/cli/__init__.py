@@ -155,9 +155,11 @@ def _print_metrics(m: dict, out: Path) -> None:
 
     t = m.get("training", {})
     if t:
+        own = t.get("instance_best_epoch")
+        inst = f", instance towers' best epoch {own}" if own else ""
         print(
             f"trained {m['method']}: {t['epochs_run']} epochs ({t['stopped']}, best epoch "
-            f"{t['best_epoch']}) in {t['seconds']:.1f}s"
+            f"{t['best_epoch']}{inst}) in {t['seconds']:.1f}s"
         )
     print(metrics_markdown(m))
     s = m["summary"]

@@ -300,7 +300,12 @@ def _training_section(rd: an.RunData, others: dict[str, pd.DataFrame]) -> str:
     info = (
         f"{t.get('epochs_run', len(rd.log))} epochs{of_cap}, stopped by "
         f"{esc(t.get('stopped', '?'))}, best epoch {esc(best)} (its weights were kept and "
-        "evaluated)"
+        "evaluated"
+        + (
+            f"; the instance towers' own best epoch was {esc(t['instance_best_epoch'])})"
+            if t.get("instance_best_epoch")
+            else ")"
+        )
         if t
         else f"{len(rd.log)} epochs{of_cap}"
     )
