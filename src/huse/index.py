@@ -968,10 +968,10 @@ def check_output_dir(path: str | Path) -> None:
 _INDEX_FILE = re.compile(
     r"(index\.json|removed\.npy|(d\d+\.)?(image\.faiss|text\.faiss|items\.parquet))"
 )
+# Index folders this process holds the writer lock of, with its re-entry depth.
 _HELD: dict[Path, int] = {}
-_LOCK = {
-    "format": "huse-index-lock"
-}  # the marker of huse's lock records  # index folders this process holds the writer lock of
+# The marker of huse's lock records.
+_LOCK = {"format": "huse-index-lock"}
 
 
 def _lock_file(path: Path) -> Path:
@@ -1055,11 +1055,21 @@ def writer_lock(path: str | Path) -> Iterator[None]:
 
 def _read_lock_record(fd: int) -> str:
     """`` (pid N on HOST, since T)`` from huse's lock record in ``fd``; "" if it holds none."""
-    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError, KeyError):
-        info = json.loads(os.pread(fd, 4096, 0).decode())
-        if all(info.get(k) == v for k, v in _LOCK.items()):
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        info = _huse_record(os.pread(fd, 4096, 0).decode(), _LOCK)
+        if info is not None:
             return f" (pid {int(info['pid'])} on {info['host']}, since {info['since']})"
     return ""
+
+
+def _huse_record(text: str, fields: dict) -> dict | None:
+    """The JSON object in ``text`` if it carries these fields (a huse marker), else None."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    ok = isinstance(data, dict) and all(data.get(k) == v for k, v in fields.items())
+    return data if ok else None
 
 
 # Written first into every folder a build or update stages, removed just before the
@@ -1073,10 +1083,9 @@ def _is_huse_record(file: Path, fields: dict) -> bool:
     try:
         if file.is_symlink() or not file.is_file() or file.stat().st_size > 4096:
             return False
-        data = json.loads(file.read_text(encoding="utf-8"))
+        return _huse_record(file.read_text(encoding="utf-8"), fields) is not None
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and all(data.get(k) == v for k, v in fields.items())
 
 
 @contextlib.contextmanager
@@ -1109,10 +1118,8 @@ def _leftover_is_ours(d: Path, old: bool) -> bool:
     Empty ones too: only ``rmdir`` touches them."""
     if old:
         inner = d / "index"
-        if not any(d.iterdir()):
-            return True
         entries = list(d.iterdir())
-        return (
+        return not entries or (
             entries == [inner]
             and inner.is_dir()
             and not inner.is_symlink()

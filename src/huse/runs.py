@@ -787,15 +787,13 @@ def update_index(
     digests = content_digests(man.items, dc.max_image_file_bytes)
     fresh, replaced, replaced_rows, missing = diff_items(old_items, man.items["id"], digests)
     unchanged = len(man.items) - len(fresh) - len(replaced)
-    remove = list(replaced_rows)
-    if not config.keep_missing:
-        remove += list(missing)
-    todo = sorted([*fresh, *replaced])
+    remove = replaced_rows if config.keep_missing else np.concatenate([replaced_rows, missing])
+    todo = np.sort(np.concatenate([fresh, replaced]))
     skipped = man.skipped
     new_items = old_items.iloc[:0].copy()
     vectors = {m: np.zeros((0, old_info["dim"]), np.float32) for m in old_info["modalities"]}
     n_skipped = len(skipped)
-    if todo and not config.retrain:
+    if len(todo) and not config.retrain:
         sub = replace(man, items=man.items.iloc[todo].reset_index(drop=True), skipped=[])
         try:
             new_items, vectors, emb_skipped = embed_catalogue(model, sub, dc, progress=progress)
@@ -811,16 +809,17 @@ def update_index(
             config = replace(config, factory=requested)
         built = _build_full(model, model_dir, manifest, data_config, config, progress)
         new_items = built.items
-    added_ids = set(new_items["id"].astype(str))
+    # Which manifest items made it into the index (one lookup for all of them).
+    landed = man.items["id"].astype(str).isin(set(new_items["id"].astype(str))).to_numpy()
     counts = {
-        "added": sum(str(man.items["id"].iloc[p]) in added_ids for p in fresh),
-        "changed": sum(str(man.items["id"].iloc[p]) in added_ids for p in replaced),
+        "added": int(landed[fresh].sum()),
+        "changed": int(landed[replaced].sum()),
         "removed": len(missing) if not config.keep_missing else 0,
         "unchanged": unchanged,
         # A changed item whose new image cannot be read is dropped, as a fresh build would.
-        "dropped": len(todo) - sum(str(man.items["id"].iloc[p]) in added_ids for p in todo),
+        "dropped": int(len(todo) - landed[todo].sum()),
     }
-    if not todo and not remove and not config.retrain:
+    if not len(todo) and not len(remove) and not config.retrain:
         old = CatalogueIndex({}, old_items, old_info)
         old.info["update"] = counts | {"warnings": [], "rebuilt": False, "written": False}
         return old, target
