@@ -84,6 +84,8 @@ VARIANTS = {
     "torch-today": ("torch", 0, 0),
     "torch": ("torch", None, 0),
     "onnx": ("onnx", None, 0),
+    "onnx-1thread": ("onnx", 1, 0),
+    "onnx-inline": ("onnx", 0, 0),
     "onnx-procs": ("onnx", 0, 2),
 }
 
@@ -102,12 +104,14 @@ def _bench(
     import torch
 
     from huse.backbones import get_backbone
+    from huse.backbones.base import load_pixels
     from huse.backbones.runtime import cosines
     from huse.data.images import load_image
     from huse.features import FeatureStore, extract_images, extract_texts
 
     if kind == "text":
-        variants = [v for v in variants if v != "onnx-procs"]
+        # Decoding threads and processes are for pictures: texts are tokenised one batch ahead.
+        variants = [v for v in variants if v not in ("onnx-1thread", "onnx-inline", "onnx-procs")]
     if name.startswith("hf:"):
         variants = [v for v in variants if VARIANTS[v][0] == "torch"]
     export_dir = tempfile.mkdtemp(prefix="huse-bench-onnx-")
@@ -119,7 +123,7 @@ def _bench(
         t0 = time.perf_counter()
         # Weights loaded, the export built and checked, one forward pass done: untimed.
         if kind == "image":
-            bb.forward(bb.preprocess(load_image(paths[0]))[None])
+            bb.forward(load_pixels(bb, paths[0])[None])
         else:
             bb.forward([bb.prepare(texts[0])])
         build_s[backend] = time.perf_counter() - t0
@@ -152,7 +156,7 @@ def _bench(
     # Batches built beforehand for the pure forward pass (the same for both backends).
     if kind == "image":
         ref_bb = next(iter(backbones.values()))
-        xs = [ref_bb.preprocess(load_image(p)) for p in paths]
+        xs = [load_pixels(ref_bb, p) for p in paths]
     else:
         prepared = sorted((next(iter(backbones.values())).prepare(t) for t in texts), key=len)
 
@@ -166,6 +170,24 @@ def _bench(
         for b in batches:
             bb.forward(b)
         return time.perf_counter() - t0, time.process_time() - c0
+
+    # Decoding and preprocessing alone, one thread, CPU time per picture: the path in use
+    # (the backbone's ``load``) and the one before it (``load_image``: a resize to 1024 px
+    # and a full-size composite, then the fit's resize), best of ``repeat``.
+    decode_ms: dict[str, float] = {}
+    if kind == "image":
+        ref_bb = next(iter(backbones.values()))
+        for label, one in (
+            ("before", lambda p: ref_bb.preprocess(load_image(p))),
+            ("now", lambda p: load_pixels(ref_bb, p)),
+        ):
+            best_s = float("inf")
+            for _ in range(repeat):
+                c0 = time.process_time()
+                for p in paths:
+                    one(p)
+                best_s = min(best_s, time.process_time() - c0)
+            decode_ms[label] = 1000 * best_s / n
 
     rows = []
     for bs in batch_sizes:
@@ -185,7 +207,7 @@ def _bench(
         ref = best[variants[0]]["feats"]
         base = n / best[variants[0]]["s"]
         for v in variants:
-            backend = VARIANTS[v][0]
+            backend, threads, _ = VARIANTS[v]
             ips = n / best[v]["s"]
             rows.append(
                 {
@@ -203,9 +225,16 @@ def _bench(
                     "build_s": build_s[backend],
                     "cpu_ms": 1000 * best[v]["cpu"] / n,
                     "fwd_cpu_ms": 1000 * fwd_cpu[backend] / n,
+                    # With decoding and the forward pass sharing every core, pipe/fwd can
+                    # reach at most forward CPU ÷ (forward CPU + decoding CPU).
+                    "pipe_bound": (
+                        fwd_cpu[backend] / (fwd_cpu[backend] + decode_ms["now"] * n / 1000)
+                        if decode_ms and threads != 0
+                        else None
+                    ),
                 }
             )
-    queue.put({"rows": rows, "threads": torch.get_num_threads()})
+    queue.put({"rows": rows, "threads": torch.get_num_threads(), "decode_ms": decode_ms})
 
 
 def run(kind, name, paths, texts, batch_sizes, variants, repeat) -> dict:
@@ -252,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     head = (
         f"{'backbone':<20}{'variant':<13}{'batch':>6}{'items/s':>9}{'x eager':>9}"
         f"{'fwd/s':>8}{'pipe/fwd':>10}{'peak RSS':>10}{'1-worst cos':>12}{'load s':>8}"
-        f"{'cpu ms/item':>13}{'fwd':>6}"
+        f"{'cpu ms/item':>13}{'fwd':>6}{'bound':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -263,7 +292,16 @@ def main(argv: list[str] | None = None) -> None:
                 f"{r['backbone']:<20}{r['variant']:<13}{r['batch']:>6}{r['items_s']:>9.1f}"
                 f"{r['vs_eager']:>9.2f}{r['forward_s']:>8.1f}{r['pipe_fwd']:>10.2f}"
                 f"{peak:>10}{1 - r['worst_cos']:>12.1e}{r['build_s']:>8.1f}"
-                f"{r['cpu_ms']:>13.0f}{r['fwd_cpu_ms']:>6.0f}"
+                f"{r['cpu_ms']:>13.1f}{r['fwd_cpu_ms']:>6.1f}"
+                + (f"{r['pipe_bound']:>7.2f}" if r["pipe_bound"] else f"{'':>7}")
+            )
+        if res["decode_ms"]:
+            d = res["decode_ms"]
+            print(
+                f"{res['rows'][0]['backbone']}: decoding and preprocessing, one thread, CPU "
+                f"per picture: {d['now']:.2f} ms now (load_image_for, one resize), "
+                f"{d['before']:.2f} ms before (load_image: to 1024 px, composite, resize): "
+                f"{d['before'] / d['now']:.2f}x"
             )
     print(
         "items/s: a full extraction into an empty cache; x eager: its ratio to the first "
@@ -273,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         "of an item's features to the first variant's (0: identical); load s: loading the weights and (onnx) building "
         "and checking the export, once, untimed above; cpu ms/item: process CPU time (all "
         "threads) per item of the extraction and of the forward pass alone (robust to other "
-        "load on the machine)."
+        "load on the machine); bound: the highest pipe/fwd possible when decoding and the "
+        "forward pass share every core, forward CPU ÷ (forward CPU + decoding CPU)."
     )
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from huse._io import atomic_path
 from huse.backbones import get_backbone
-from huse.data.images import load_image
+from huse.data.images import load_image_for
 from huse.dataset import DataConfig, build_feature_set
 from huse.evaluate import evaluate_net, summary_scores
 from huse.methods import resolve_config
@@ -73,7 +73,8 @@ def extract_views(fs, backbone: str, crops: int, path: Path, batch: int = 32) ->
     bar = tqdm(total=len(fs), desc="views", unit="img")
     for s in range(0, len(fs), batch):
         idx = np.arange(s, min(s + batch, len(fs)))
-        imgs = [load_image(paths[i]) for i in idx]
+        # Decoded as extraction decodes (load_pixels): the clean view is the cached one.
+        imgs = [load_image_for(paths[i], bb.image_size) for i in idx]
         for k, aug in augment.items():
             keep = idx if not k.startswith("crop") else idx[is_train[idx]]
             if not len(keep):

@@ -109,7 +109,7 @@ def bench_graph(fs, encoder, max_pairs: int | None) -> None:
 def bench_epoch(fs, image_bb, text_bb, graph: np.ndarray, batch_size: int) -> None:
     """Both sides take the TF-IDF rows from the feature set (a sparse lookup, no backbone)
     and run identical tower steps from identical weights, so their losses must agree."""
-    from huse.data.images import load_image
+    from huse.backbones.base import load_pixels
     from huse.data.text import normalize_text
     from huse.methods import resolve_config
     from huse.model import csr_to_torch
@@ -147,7 +147,7 @@ def bench_epoch(fs, image_bb, text_bb, graph: np.ndarray, batch_size: int) -> No
     batches = [perm[s : s + batch_size] for s in range(0, len(perm), batch_size)]
 
     # Warm both backbones (weights loaded, first-call allocations done) outside the timings.
-    image_bb.forward(torch.stack([image_bb.preprocess(load_image(paths[0]))]))
+    image_bb.forward(torch.stack([load_pixels(image_bb, paths[0])]))
     text_bb.forward([text_bb.prepare(normalize_text(texts[0]))])
 
     # The notebook's way: both backbones on every batch.
@@ -157,7 +157,7 @@ def bench_epoch(fs, image_bb, text_bb, graph: np.ndarray, batch_size: int) -> No
     t0 = time.perf_counter()
     for b in batches:
         t = time.perf_counter()
-        pix = torch.stack([image_bb.preprocess(load_image(paths[i])) for i in b])
+        pix = torch.stack([load_pixels(image_bb, paths[i]) for i in b])
         parts["images"] += time.perf_counter() - t
         t = time.perf_counter()
         x_i = image_bb.forward(pix)

@@ -25,7 +25,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 from huse._dist import barrier
 from huse._dist import setup as dist_setup
 from huse._io import atomic_path
+from huse.backbones.base import load_pixels
 from huse.config import DEFAULT_MAX_IMAGE_FILE_BYTES
-from huse.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from huse.data.images import DEFAULT_MAX_PIXELS, ImageError
 
 # A file listed as an image that is larger than this is refused from its size alone,
 # before a byte is read: no picture a backbone can use needs more, and hashing or
@@ -519,15 +520,18 @@ class _Claims:
 
 
 class _ImageDataset(torch.utils.data.Dataset):
-    def __init__(self, paths: list[str], preprocess: Callable, max_pixels: int) -> None:
-        self.paths, self.preprocess, self.max_pixels = paths, preprocess, max_pixels
+    def __init__(self, paths: list[str], backbone, max_pixels: int) -> None:
+        # The backbone pickles without its network or ONNX session (``__getstate__``), so
+        # worker processes get its preprocessing only.
+        self.paths, self.backbone, self.max_pixels = paths, backbone, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.preprocess(load_image(self.paths[i], max_pixels=self.max_pixels)), ""
+            x = load_pixels(self.backbone, self.paths[i], max_pixels=self.max_pixels)
+            return i, x, ""
         except ImageError as e:
             return i, None, str(e)
         except Exception as e:  # never let one file stop the run
@@ -717,7 +721,7 @@ def extract_images(
     if stats is not None:
         stats.images_total += len(paths)
     if mine:
-        ds = _ImageDataset(list(paths), backbone.preprocess, max_pixels)
+        ds = _ImageDataset(list(paths), backbone, max_pixels)
         bar = tqdm(
             total=len(mine),
             desc=f"images ({backbone.name})",

@@ -635,9 +635,8 @@ class HUSEModel:
             huse.data.images.ImageError: an image cannot be read; among several, the
                 message names which (its path, or its position).
         """
-        from PIL import Image
-
-        from huse.data.images import ImageError, load_image, to_rgb_on_white
+        from huse.backbones.base import load_pixels
+        from huse.data.images import ImageError
 
         single = _is_one_image(images)
         if device is not None:
@@ -649,17 +648,13 @@ class HUSEModel:
                                show_progress_bar):  # fmt: skip
             pixels = []
             for i, im in enumerate(batch):
-                if isinstance(im, Image.Image):
-                    pil = to_rgb_on_white(im)
-                else:
-                    try:
-                        pil = load_image(im)
-                    except ImageError as e:  # its message says what, not which file
-                        if single:  # the caller knows which
-                            raise
-                        which = os.fspath(im) if isinstance(im, (str, os.PathLike)) else None
-                        raise ImageError(f"{which or f'image {done + i}'}: {e}") from None
-                pixels.append(bb.preprocess(pil))
+                try:
+                    pixels.append(load_pixels(bb, im))
+                except ImageError as e:  # its message says what, not which file
+                    if single:  # the caller knows which
+                        raise
+                    which = os.fspath(im) if isinstance(im, (str, os.PathLike)) else None
+                    raise ImageError(f"{which or f'image {done + i}'}: {e}") from None
             done += len(batch)
             with _quiet_loading():
                 x = bb.forward(torch.stack(pixels)).float().to(dev)

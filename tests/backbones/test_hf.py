@@ -149,6 +149,25 @@ def test_pad_letterboxes_on_white_and_crop_is_the_processor(models):
     np.testing.assert_allclose(crop[:, 0, 16].numpy(), red, rtol=1e-4, atol=1e-4)
 
 
+def test_load_decodes_for_the_fit(models, tmp_path):
+    """pad: decoded for one resize to the input, composited after it; crop: the processor
+    gets the picture as load_image opens it (RGB on white)."""
+    from huse.data.images import load_image, load_image_for
+
+    path = tmp_path / "half-transparent.png"
+    Image.new("RGBA", (300, 100), (0, 0, 255, 128)).save(path)
+    pad = get_backbone(f"hf:{models['clip']}", "image", image_fit="pad")
+    got = pad.load(path)
+    torch.testing.assert_close(got, pad.preprocess(load_image_for(path, 32)), rtol=0, atol=0)
+    # Half-transparent blue on white: (127, 127, 255) or a level off, as composited first.
+    first = pad.preprocess(load_image(path))
+    torch.testing.assert_close(got, first, rtol=0, atol=0.02)
+    crop = get_backbone(f"hf:{models['clip']}", "image", image_fit="crop")
+    torch.testing.assert_close(crop.load(path), crop.preprocess(load_image(path)), rtol=0, atol=0)
+    with Image.open(path) as im:
+        torch.testing.assert_close(crop.load(im), crop.preprocess(load_image(path)), atol=0, rtol=0)
+
+
 def test_versions_name_the_weights_head_and_fit(models, tmp_path):
     versions = {
         (k, fit): get_backbone(f"hf:{models[k]}", "image", image_fit=fit).version

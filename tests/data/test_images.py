@@ -276,3 +276,145 @@ def test_missing_file_and_directory(tmp_path):
 
 def test_image_error_is_a_value_error():
     assert issubclass(ImageError, ValueError)
+
+
+# --- load_image_for, letterbox, center_crop: one resize from the decoded picture ---
+
+
+def _fair_letterbox(img: Image.Image, side: int) -> np.ndarray:
+    """The reference by hand: the full picture as RGBA, one bicubic resize, alpha
+    composite on white with Pillow's own compositing."""
+    from huse.data.images import to_rgb_or_rgba
+
+    rgba = to_rgb_or_rgba(img).convert("RGBA")
+    w, h = rgba.size
+    scale = side / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    small = rgba.resize((nw, nh), Image.Resampling.BICUBIC)
+    canvas = Image.new("RGBA", (side, side), (255, 255, 255, 255))
+    canvas.alpha_composite(small, ((side - nw) // 2, (side - nh) // 2))
+    return np.asarray(canvas.convert("RGB")).astype(int)
+
+
+def _blobs(w: int, h: int, seed: int = 0) -> Image.Image:
+    """Smooth colour with soft transparency: clip art's kind of picture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    rgba = np.zeros((h, w, 4), dtype=np.uint8)
+    for c in range(3):
+        f = rng.uniform(2, 6, 2)
+        rgba[..., c] = (127.5 + 127.5 * np.sin(f[0] * 6.3 * xx + f[1] * 6.3 * yy + c)).astype(
+            np.uint8
+        )
+    r = np.hypot(xx - 0.5 * w / max(w, h), yy - 0.5 * h / max(w, h))
+    rgba[..., 3] = np.clip(255 * (1.6 - 4 * r), 0, 255).astype(np.uint8)
+    return Image.fromarray(rgba, "RGBA")
+
+
+@pytest.mark.parametrize("size", [(600, 400), (3000, 2000), (5000, 700)])
+def test_load_image_for_then_letterbox_is_one_resize_of_the_whole_picture(size):
+    """Reduced by whole factors only while ≥ 3× the target, composited after resizing:
+    within rounding of one bicubic resize of the full picture composited by hand."""
+    from huse.data.images import REDUCING_GAP, letterbox, load_image_for
+
+    img = _blobs(*size)
+    side = 128
+    decoded = load_image_for(png_bytes(img), side)
+    assert decoded.mode == "RGBA"
+    assert max(decoded.size) >= REDUCING_GAP * side
+    # Reduced only when the picture is at least twice the floor: 3000 → 1000, 5000 → 1000.
+    want_long = max(size) // (max(size) // (REDUCING_GAP * side)) if max(size) >= 768 else 600
+    assert max(decoded.size) in (want_long, want_long + 1)
+    got = np.asarray(letterbox(decoded, side, side)).astype(int)
+    diff = np.abs(got - _fair_letterbox(img, side))
+    if max(size) < 2 * REDUCING_GAP * side:  # not reduced: the very same pixels
+        assert diff.max() == 0
+    else:  # the box filter's share: a few levels at most (measured: max 6, mean 0.47)
+        assert diff.max() <= 8 and diff.mean() < 0.6, (diff.max(), diff.mean())
+
+
+def test_compositing_after_the_resize_equals_compositing_first():
+    """Pillow resizes RGBA premultiplied, so composite(resize(x)) = resize(composite(x))
+    up to rounding: the reason ``load_image_for`` keeps transparency."""
+    from huse.data.images import letterbox
+
+    img = _blobs(400, 300, seed=3)
+    after = np.asarray(letterbox(img, 100, 100)).astype(int)
+    first = np.asarray(letterbox(to_rgb_on_white(img), 100, 100)).astype(int)
+    assert np.abs(after - first).max() <= 2
+
+
+def test_load_image_for_reduces_by_the_side_asked_for():
+    from huse.data.images import load_image_for
+
+    data = png_bytes(Image.new("RGB", (4000, 1000), (10, 200, 30)))
+    # Long side: 4000 // (3 × 260) = 5 → 800 × 200; short side: 1000 // 780 = 1, untouched.
+    assert load_image_for(data, 260).size == (800, 200)
+    assert load_image_for(data, 260, by="short").size == (4000, 1000)
+    with pytest.raises(ValueError, match="by must be"):
+        load_image_for(data, 260, by="middle")
+
+
+def test_load_image_for_decodes_a_huge_jpeg_at_a_reduced_scale(tmp_path):
+    from huse.data.images import load_image_for
+
+    path = tmp_path / "big.jpg"
+    noise(4000, 3000).save(path, quality=80)
+    img = load_image_for(path, 224)
+    # JPEG draft picks 1/2: still ≥ 3 × 224 on the long side, far from the full size.
+    assert img.mode == "RGB"
+    assert 3 * 224 <= max(img.size) <= 2000
+
+
+@pytest.mark.parametrize(
+    ("img", "mode"),
+    [
+        (Image.new("LA", (50, 40), (90, 0)), "RGBA"),
+        (Image.new("L", (50, 40), 90), "RGB"),
+        (Image.new("RGB", (50, 40), (1, 2, 3)), "RGB"),
+        (Image.new("I;16", (50, 40), 65535), "RGB"),
+    ],
+)
+def test_load_image_for_keeps_transparency_only_where_there_is_some(img, mode):
+    from huse.data.images import load_image_for
+
+    out = load_image_for(png_bytes(img), 32)
+    assert out.mode == mode and out.size == (50, 40)
+    # The same picture given as a PIL image comes out the same.
+    same = load_image_for(img, 32)
+    np.testing.assert_array_equal(np.asarray(same), np.asarray(out))
+    if img.mode == "I;16":  # scaled, not clipped: white
+        assert (np.asarray(out) == 255).all()
+
+
+def test_load_image_for_palette_transparency_and_errors(tmp_path):
+    from huse.data.images import letterbox, load_image_for
+
+    p = Image.new("P", (20, 10), 0)
+    p.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    p.putpixel((0, 0), 1)
+    out = load_image_for(png_bytes(p, transparency=0), 10)
+    assert out.mode == "RGBA"
+    # The transparent red becomes white; the opaque blue pixel stays blue-ish.
+    boxed = np.asarray(letterbox(out, 20, 20))
+    assert (boxed[10:15, 10:20] == 255).all()
+    with pytest.raises(ImageError, match="not an image"):
+        load_image_for(b"not an image", 10)
+    with pytest.raises(ImageError, match="too large"):
+        load_image_for(png_bytes(noise(100, 100)), 10, max_pixels=1000)
+    with pytest.raises(ImageError, match="not found"):
+        load_image_for(tmp_path / "missing.png", 10)
+
+
+def test_center_crop_composites_after_the_crop():
+    from huse.data.images import center_crop
+
+    img = Image.new("RGBA", (300, 100), (0, 0, 255, 0))
+    img.paste((255, 0, 0, 255), (140, 0, 160, 100))  # an opaque red bar in the middle
+    out = np.asarray(center_crop(img, 50))
+    assert out.shape == (50, 50, 3)
+    assert (out[:, :15] == 255).all() and (out[:, -15:] == 255).all()  # transparent: white
+    assert (out[:, 23:27] == (255, 0, 0)).all()
+    # An RGB picture: resized and cut alone.
+    rgb = np.asarray(center_crop(Image.new("RGB", (300, 100), (5, 6, 7)), 50))
+    assert (rgb == (5, 6, 7)).all()

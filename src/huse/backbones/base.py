@@ -9,10 +9,13 @@ implements exactly one of them. Nothing here loads weights: ``name``, ``dim`` an
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image
+
+from huse.data.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_on_white
 
 
 @runtime_checkable
@@ -38,7 +41,14 @@ class ImageBackbone(Protocol):
     def version(self) -> str: ...
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """An RGB PIL image to one C×H×W float tensor (run in DataLoader workers)."""
+        """An RGB PIL image to one C×H×W float tensor (run in DataLoader workers).
+
+        A backbone may also define ``load(source, *, max_pixels)``: a path, bytes or PIL
+        image to the same tensor, decoding the way its preprocessing wants (the offline
+        backbones decode for one resize to their input, ``load_image_for``). Every caller
+        goes through ``load_pixels``, so that a catalogue's pictures and a query picture
+        are decoded alike.
+        """
         ...
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
@@ -85,3 +95,23 @@ class TextBackbone(Protocol):
     def embed_sentences(self, texts: list[str]) -> torch.Tensor:
         """Short texts (class names) to L2-normalised sentence embeddings, B×E on the CPU."""
         ...
+
+
+def load_pixels(
+    backbone: ImageBackbone,
+    source: str | Path | bytes | Image.Image,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """One picture to ``backbone.forward``'s input: the backbone's own ``load`` where it has
+    one, else ``preprocess`` of the picture as ``load_image`` opens it (RGB on white).
+
+    Raises:
+        huse.data.images.ImageError: the picture cannot be used.
+    """
+    load = getattr(backbone, "load", None)
+    if load is not None:
+        return load(source, max_pixels=max_pixels)
+    if isinstance(source, Image.Image):
+        return backbone.preprocess(to_rgb_on_white(source))
+    return backbone.preprocess(load_image(source, max_pixels=max_pixels))

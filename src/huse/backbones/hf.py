@@ -37,6 +37,14 @@ import torch
 from PIL import Image
 
 from huse.backbones._registry import register_backbone
+from huse.data.images import (
+    DEFAULT_MAX_PIXELS,
+    letterbox,
+    load_image,
+    load_image_for,
+    to_rgb_on_white,
+    to_rgb_or_rgba,
+)
 from huse.errors import ConfigError, RunError
 
 IMAGE_FITS = ("pad", "crop")
@@ -46,7 +54,8 @@ HEAD_VERSIONS = {
     "dinov2": "dinov2-cls+patchmean-v1",
     "pooled": "pooled-output-v1",
 }
-FIT_VERSIONS = {"pad": "pad-white-v1", "crop": "processor-crop-v1"}
+# pad-white-v2: one resize from the decoded picture (huse.data.images.load_image_for).
+FIT_VERSIONS = {"pad": "pad-white-v2", "crop": "processor-crop-v1"}
 _SNAPSHOT = re.compile(
     r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})"
 )
@@ -204,17 +213,6 @@ def default_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def letterbox(img: Image.Image, width: int, height: int) -> Image.Image:
-    """The whole image on a white ``width``×``height`` canvas (``pad_to_square`` when square)."""
-    w, h = img.size
-    scale = min(width / w, height / h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    canvas.paste(img, ((width - nw) // 2, (height - nh) // 2))
-    return canvas
-
-
 def processor_input_size(proc) -> tuple[int, int]:
     """(width, height) of the pixels the processor hands the model."""
 
@@ -346,12 +344,32 @@ class HFImageBackbone:
         m = hub_call(self.source, "weights", AutoModel.from_pretrained, config=self.config)
         return m.eval().to(self.device)
 
+    def load(
+        self, source: str | Path | bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> torch.Tensor:
+        """A picture (a path, its bytes or a PIL image) to the model's C×H×W pixel tensor.
+
+        ``pad`` decodes for one resize to the input size (``load_image_for``); ``crop``
+        hands the processor the picture as ``load_image`` opens it.
+
+        Raises:
+            huse.data.images.ImageError: the picture cannot be used.
+        """
+        if self.image_fit == "pad":
+            img = load_image_for(source, max(self.image_size), max_pixels=max_pixels)
+        elif isinstance(source, Image.Image):
+            img = to_rgb_on_white(source)
+        else:
+            img = load_image(source, max_pixels=max_pixels)
+        return self.preprocess(img)
+
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """An RGB PIL image to the model's C×H×W pixel tensor."""
+        """A PIL image to the model's C×H×W pixel tensor (``pad``: RGB, or RGBA composited
+        on white after resizing; ``crop``: RGB)."""
         if self.image_fit == "pad":
             w, h = self.image_size
             out = self.processor(
-                images=letterbox(img, w, h),
+                images=letterbox(to_rgb_or_rgba(img), w, h),
                 do_resize=False,
                 do_center_crop=False,
                 return_tensors="pt",

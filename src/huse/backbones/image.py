@@ -6,6 +6,7 @@ import contextlib
 import importlib.metadata
 import io
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,39 +15,26 @@ from PIL import Image
 from huse.backbones import runtime
 from huse.backbones._registry import register_backbone
 from huse.backbones.hf import default_bf16
+from huse.data.images import (
+    DEFAULT_MAX_PIXELS,
+    center_crop,
+    letterbox,
+    load_image_for,
+    to_rgb_or_rgba,
+)
 from huse.errors import ConfigError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-# Bump when preprocessing changes: it is part of every cache key.
-PREPROCESS_VERSION = "pad-white-v1"
-CROP_VERSION = "crop-centre-v1"
+# Bump when preprocessing changes: it is part of every cache key. v2: one bicubic resize
+# from the decoded picture (``load_image_for``), transparency composited after it; v1
+# resized twice (to 1024 px, then to the input) and composited the full-size picture.
+PREPROCESS_VERSION = "pad-white-v2"
+CROP_VERSION = "crop-centre-v2"
+# (x / 255 - mean) / std as one multiply-add per channel.
+_SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
+_SHIFT = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 IMAGE_FITS = ("pad", "crop")
-
-
-def pad_to_square(img: Image.Image, size: int) -> Image.Image:
-    """Fit the whole image in a white ``size``×``size`` square.
-
-    Catalogue pictures (clip art, products) are often wide or tall with the object
-    filling the frame; a centre crop would cut it, so we letterbox on white instead.
-    """
-    w, h = img.size
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (size, size), (255, 255, 255))
-    canvas.paste(img, ((size - nw) // 2, (size - nh) // 2))
-    return canvas
-
-
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to ``size`` and cut the centre ``size``×``size`` square."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 class EfficientNetLite(runtime.BackendSetup):
@@ -133,12 +121,31 @@ class EfficientNetLite(runtime.BackendSetup):
             )
         return net.eval().to(self.device)
 
+    def load(
+        self, source: str | Path | bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> torch.Tensor:
+        """A picture (a path, its bytes or a PIL image) to ``forward``'s 3×S×S input:
+        decoded for one resize to S (``load_image_for``), then ``preprocess``.
+
+        Raises:
+            huse.data.images.ImageError: the picture cannot be used.
+        """
+        by = "long" if self.image_fit == "pad" else "short"
+        img = load_image_for(source, self.image_size, by=by, max_pixels=max_pixels)
+        return self.preprocess(img)
+
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """An RGB PIL image to a normalised 3×S×S tensor."""
-        fit = pad_to_square if self.image_fit == "pad" else center_crop
-        arr = np.asarray(fit(img, self.image_size), dtype=np.float32) / 255.0
-        arr = (arr - IMAGENET_MEAN) / IMAGENET_STD
-        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+        """A PIL image (RGB, or RGBA composited on white after resizing) to a normalised
+        3×S×S tensor."""
+        img = to_rgb_or_rgba(img)
+        s = self.image_size
+        fitted = letterbox(img, s, s) if self.image_fit == "pad" else center_crop(img, s)
+        arr = np.asarray(fitted)
+        out = np.empty((3, s, s), dtype=np.float32)
+        for c in range(3):
+            np.multiply(arr[:, :, c], _SCALE[c], out=out[c], dtype=np.float32)
+            out[c] += _SHIFT[c]
+        return torch.from_numpy(out)
 
     @cached_property
     def onnx(self) -> runtime.OnnxRunner:
