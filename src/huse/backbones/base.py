@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from huse.data.images import DEFAULT_MAX_PIXELS, load_image, to_rgb_on_white
+from huse.data.images import DEFAULT_MAX_PIXELS, open_rgb
 
 
 @runtime_checkable
@@ -112,6 +112,4 @@ def load_pixels(
     load = getattr(backbone, "load", None)
     if load is not None:
         return load(source, max_pixels=max_pixels)
-    if isinstance(source, Image.Image):
-        return backbone.preprocess(to_rgb_on_white(source))
-    return backbone.preprocess(load_image(source, max_pixels=max_pixels))
+    return backbone.preprocess(open_rgb(source, max_pixels=max_pixels))

@@ -40,9 +40,8 @@ from huse.backbones._registry import register_backbone
 from huse.data.images import (
     DEFAULT_MAX_PIXELS,
     letterbox,
-    load_image,
     load_image_for,
-    to_rgb_on_white,
+    open_rgb,
     to_rgb_or_rgba,
 )
 from huse.errors import ConfigError, RunError
@@ -357,10 +356,8 @@ class HFImageBackbone:
         """
         if self.image_fit == "pad":
             img = load_image_for(source, max(self.image_size), max_pixels=max_pixels)
-        elif isinstance(source, Image.Image):
-            img = to_rgb_on_white(source)
         else:
-            img = load_image(source, max_pixels=max_pixels)
+            img = open_rgb(source, max_pixels=max_pixels)
         return self.preprocess(img)
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:

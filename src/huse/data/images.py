@@ -262,6 +262,16 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
+def open_rgb(
+    source: str | Path | bytes | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """A path, bytes or PIL image as RGB on white: ``load_image``, or ``to_rgb_on_white``
+    of an image already open."""
+    if isinstance(source, Image.Image):
+        return to_rgb_on_white(source)
+    return load_image(source, max_pixels=max_pixels)
+
+
 def to_rgb_or_rgba(img: Image.Image) -> Image.Image:
     """Any mode to RGB, or to RGBA where it has transparency (``to_rgb_on_white`` without
     the compositing, for a caller that composites after resizing)."""
